@@ -1,0 +1,1 @@
+"""inference: see the modules of this package."""

@@ -1,0 +1,9 @@
+"""CLI commands of the inference package (placeholder until that work lands)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add this package's commands to the CLI."""

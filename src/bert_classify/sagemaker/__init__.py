@@ -1,0 +1,1 @@
+"""sagemaker: see the modules of this package."""
