@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    args.raw_argv = argv  # for commands that re-launch themselves (train --nproc)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

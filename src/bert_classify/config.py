@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,6 @@ class TrainConfig:
     force_resume: bool = False
     # extra metrics/plots directory (SageMaker's SM_OUTPUT_DATA_DIR); defaults to output_dir
     metrics_dir: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> TrainConfig:
         """Refuse invalid values up front; return self for chaining."""
