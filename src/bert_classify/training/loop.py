@@ -476,6 +476,7 @@ class Trainer:
             f"{self.total_steps} steps in all, learning rate {self.learning_rate:.2e}, warm-up {self.warmup_steps} steps"
         )
         self.last_checkpoint_time = time.monotonic()
+        self.model.train()  # from_pretrained returns a model in eval mode (dropout off)
         progress = _Progress(self, enabled=context.is_main)
         interval_loss = torch.zeros(2, dtype=torch.float64, device=context.device)  # loss sum, examples
         with GracefulStop() as stop:
@@ -544,8 +545,8 @@ class Trainer:
                         result.interrupted_by = signum
                         result.global_step = state.global_step
                         return result
-                    if state.early_stopped:
-                        break
+                    if state.early_stopped or epoch_done:
+                        break  # a new epoch needs its own plan
         progress.close()
         if state.last_eval_step != state.global_step or state.best_metrics is None:
             self._evaluate_and_select()
