@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output-dir", default="quickstart-output", help="where everything goes")
     parser.add_argument("--model", help="Hugging Face id or local directory (default: a tiny BERT built locally)")
     parser.add_argument("--data", help="directory with train.csv, classes.txt and optionally val.csv, test.csv")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--max-steps", type=int)
     parser.add_argument("--no-interrupt", dest="interrupt", action="store_false", help="skip the interruption demo")
     parser.set_defaults(func=run)
