@@ -505,6 +505,7 @@ class Trainer:
                             result.examples_this_run += len(indices)
                             result.real_tokens_this_run += int(batch[1].sum())
                             result.padded_tokens_this_run += int(batch[1].numel())
+                        self.faults.after_micro_step()
                     self.scaler.unscale_(self.optimizer)
                     torch.nn.utils.clip_grad_norm_(self.trainable, config.max_grad_norm)
                     self.scaler.step(self.optimizer)

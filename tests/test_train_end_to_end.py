@@ -1,0 +1,157 @@
+"""Training end to end on a tiny local BERT: output loads in a plain pipeline, metrics are written,
+gradient accumulation equals one big step, and user mistakes exit 2 with a clear message."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bert_classify.cli import main
+from bert_classify.config import TrainConfig
+from bert_classify.training.loop import train
+from conftest import CLASS_NAMES, make_rows, write_dbpedia_csv
+
+
+def _config(data: Path, model: Path, output: Path, **overrides: object) -> TrainConfig:
+    values: dict[str, object] = dict(
+        train=str(data / "train.csv"),
+        val=str(data / "val.csv"),
+        classes=str(data / "classes.txt"),
+        model=str(model),
+        output_dir=str(output),
+        epochs=1,
+        batch_size=8,
+        learning_rate=1e-3,
+        log_every_steps=2,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)  # type: ignore[arg-type]
+
+
+def test_cli_train_writes_a_model_that_plain_transformers_pipeline_loads(
+    tiny_data_dir: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "model"
+    status = main([
+        "train", "--train", str(tiny_data_dir / "train.csv"), "--val", str(tiny_data_dir / "val.csv"),
+        "--classes", str(tiny_data_dir / "classes.txt"), "--model", str(tiny_model_dir),
+        "--output-dir", str(output), "--max-steps", "4", "--batch-size", "4", "--grad-accum-steps", "2",
+        "--log-every-steps", "2",
+    ])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"^metric: val_accuracy=\d\.\d{4} step=4 epoch=1$", printed, re.MULTILINE)
+    assert re.search(r"^metric: train_loss=\d+\.\d{4} step=2 epoch=1$", printed, re.MULTILINE)
+    assert "effective batch 8" in printed
+
+    from transformers import pipeline
+
+    classifier = pipeline("text-classification", model=str(output))
+    prediction = classifier("species genus habitat of the mammal")[0]
+    assert prediction["label"] in CLASS_NAMES
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert {"accuracy", "macro_f1", "loss", "per_class"} <= set(metrics)
+    resolved = json.loads((output / "training_config.json").read_text())
+    assert resolved["effective_batch_size"] == 8 and resolved["class_names"] == CLASS_NAMES
+    assert (output / "model.safetensors").exists()
+
+
+def test_training_learns_the_separable_data(tiny_data_dir: Path, tiny_model_no_dropout_dir: Path, tmp_path: Path) -> None:
+    result = train(_config(tiny_data_dir, tiny_model_no_dropout_dir, tmp_path / "out", epochs=8, learning_rate=3e-3))
+    assert result.metrics is not None and result.metrics["accuracy"] >= 0.9
+
+
+def test_val_fraction_split_when_no_validation_file(tiny_data_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    result = train(_config(tiny_data_dir, tiny_model_dir, tmp_path / "out", val=None, val_fraction=0.25, max_steps=2))
+    assert result.metrics is not None and result.metrics["num_examples"] == 15  # a quarter of 60 rows
+
+
+@pytest.mark.parametrize(("batch_size", "accumulation"), [(4, 2), (2, 4), (1, 8)])
+def test_gradient_accumulation_equals_one_step_on_the_whole_batch(
+    tmp_path: Path, tiny_model_no_dropout_dir: Path, batch_size: int, accumulation: int
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    write_dbpedia_csv(data / "train.csv", make_rows(30, seed=4))  # 30 / 8: the last step has 6 examples
+    write_dbpedia_csv(data / "val.csv", make_rows(6, seed=5))
+    (data / "classes.txt").write_text("\n".join(CLASS_NAMES))
+    common = dict(warmup_ratio=0.0, learning_rate=5e-3, max_grad_norm=1e9)
+    whole = train(_config(data, tiny_model_no_dropout_dir, tmp_path / "whole", batch_size=8, **common))
+    accumulated = train(_config(
+        data, tiny_model_no_dropout_dir, tmp_path / "accumulated", batch_size=batch_size,
+        grad_accum_steps=accumulation, **common,
+    ))
+    assert whole.global_step == accumulated.global_step == 4
+    expected = load_file(tmp_path / "whole" / "model.safetensors")
+    actual = load_file(tmp_path / "accumulated" / "model.safetensors")
+    initial = load_file(tiny_model_no_dropout_dir / "model.safetensors")
+    name = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(expected[name], initial[name])  # training did move the weights
+    for key, tensor in expected.items():
+        torch.testing.assert_close(actual[key], tensor, rtol=1e-4, atol=1e-6, msg=key)
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bert_classify", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_max_seq_len_beyond_the_model_limit_is_refused_without_traceback(
+    tiny_data_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    completed = _run_cli(
+        "train", "--train", str(tiny_data_dir / "train.csv"), "--classes", str(tiny_data_dir / "classes.txt"),
+        "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "o"), "--max-seq-len", "4096",
+    )
+    assert completed.returncode == 2
+    assert "--max-seq-len 4096" in completed.stderr and "limit of 128" in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_data_is_reported_with_file_and_line_before_training(
+    tiny_data_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text('1,"A title","fine text"\n9,"Other","label out of range"\n', encoding="utf-8")
+    completed = _run_cli(
+        "train", "--train", str(bad), "--classes", str(tiny_data_dir / "classes.txt"),
+        "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "o"),
+    )
+    assert completed.returncode == 2
+    assert "bad.csv" in completed.stderr and "2" in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert "training" not in completed.stdout
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--grad-accum-steps", "0", "--grad-accum-steps must be a whole number >= 1"),
+        ("--precision", "fp8", "invalid choice"),
+        ("--warmup-ratio", "1.5", "--warmup-ratio must be in [0, 1)"),
+        ("--learning-rate", "fast", "expected a number or 'auto'"),
+    ],
+)
+def test_invalid_flags_are_refused_naming_the_flag(
+    tiny_data_dir: Path, tmp_path: Path, flag: str, value: str, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["train", "--train", str(tiny_data_dir / "train.csv"), "--output-dir", str(tmp_path / "o"), flag, value]
+    try:
+        status = main(argv)
+    except SystemExit as exit_:  # argparse's own errors
+        status = int(exit_.code or 0)
+    assert status == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_missing_training_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["train", "--train", str(tmp_path / "nope.csv"), "--output-dir", str(tmp_path / "o")])
+    assert status == 2
+    assert "nope.csv" in capsys.readouterr().err
