@@ -1,12 +1,38 @@
-"""The SageMaker container contract in one place: SM_* variables mapped to our options.
+"""The SageMaker container contract in one place: SM_* variables and hyper-parameters mapped to our options.
 
-(Placeholder: the SageMaker work fills this in.)
+Channels, model and output directories, checkpoints, host list and GPU count are read here and
+nowhere else; the `train` command, the entry script and the torchrun launcher all ask this module.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from collections.abc import Mapping
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePosixPath
+
+from bert_classify.errors import ConfigError
+
+CHECKPOINT_DIR = "/opt/ml/checkpoints"
+DEFAULT_MASTER_PORT = 29500
+# SM_CHANNEL_<NAME> -> TrainConfig field. The model channel is special: a model directory, not a file.
+FILE_CHANNELS = {"train": "train", "val": "val", "classes": "classes"}
+MODEL_CHANNEL = "model"
+# Environment variable -> TrainConfig field, for plain directories.
+DIRECTORY_VARIABLES = {"SM_MODEL_DIR": "output_dir", "SM_OUTPUT_DATA_DIR": "metrics_dir"}
+# `train` flags that take no value. SageMaker passes every hyper-parameter as `--name value`, so
+# booleans arrive as "True"/"False"; `boolean_flags_to_cli` turns them back into these flags.
+BOOLEAN_FLAGS = ("freeze-encoder", "force-resume", "no-group-by-length")
+# `group-by-length False` is how a hyper-parameter naturally says `--no-group-by-length`.
+NEGATED_BOOLEAN_FLAGS = {"group-by-length": "no-group-by-length"}
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+# Where the model channel's archive is unpacked (one directory per archive, shared by the ranks of a node).
+MODEL_EXTRACT_ROOT_VARIABLE = "BERT_CLASSIFY_MODEL_EXTRACT_DIR"
 
 
 def in_sagemaker_training(environ: Mapping[str, str] | None = None) -> bool:
@@ -15,5 +41,241 @@ def in_sagemaker_training(environ: Mapping[str, str] | None = None) -> bool:
 
 
 def training_defaults(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """TrainConfig field -> value implied by the SageMaker environment (empty outside SageMaker)."""
-    return {}
+    """TrainConfig field -> value implied by the SageMaker environment (empty outside SageMaker).
+
+    Flags the user passes win over these (the `train` command merges them on top).
+    """
+    environ = os.environ if environ is None else environ
+    if not in_sagemaker_training(environ):
+        return {}
+    defaults: dict[str, str] = {}
+    for channel, field in FILE_CHANNELS.items():
+        directory = environ.get(f"SM_CHANNEL_{channel.upper()}")
+        if directory:
+            defaults[field] = str(channel_file(channel, Path(directory)))
+    model_directory = environ.get(f"SM_CHANNEL_{MODEL_CHANNEL.upper()}")
+    if model_directory:
+        defaults["model"] = str(model_channel_dir(Path(model_directory), environ))
+    for variable, field in DIRECTORY_VARIABLES.items():
+        if environ.get(variable):
+            defaults[field] = environ[variable]
+    defaults["checkpoint_dir"] = CHECKPOINT_DIR
+    return defaults
+
+
+def channel_file(channel: str, directory: Path) -> Path:
+    """The one data file of a channel directory (hidden files ignored).
+
+    With several files, the one named after the channel (`train.csv` in channel `train`) is used;
+    anything else is ambiguous and refused.
+    """
+    if directory.is_file():
+        return directory
+    if not directory.is_dir():
+        raise ConfigError(f"SageMaker channel '{channel}': directory {directory} does not exist.")
+    files = sorted(
+        p
+        for p in directory.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(directory).parts)
+    )
+    if len(files) == 1:
+        return files[0]
+    named = [p for p in files if p.name.split(".")[0] == channel]
+    if len(named) == 1:
+        return named[0]
+    if not files:
+        raise ConfigError(
+            f"SageMaker channel '{channel}' at {directory} is empty: point the channel at one data file."
+        )
+    listing = ", ".join(str(p.relative_to(directory)) for p in files[:5])
+    raise ConfigError(
+        f"SageMaker channel '{channel}' at {directory} holds {len(files)} files ({listing}); "
+        f"give the channel one file, or name one '{channel}.<ext>', or pass --{channel} with a path."
+    )
+
+
+def model_channel_dir(directory: Path, environ: Mapping[str, str] | None = None) -> Path:
+    """The model directory (with config.json) that the `model` channel holds.
+
+    The channel may hold the model files directly, in one sub-directory, or as a `*.tar.gz` archive
+    (SageMaker's model.tar.gz), which is unpacked safely into a work directory.
+    """
+    environ = os.environ if environ is None else environ
+    if not directory.is_dir():
+        raise ConfigError(f"SageMaker channel 'model': directory {directory} does not exist.")
+    found = _find_model_dir(directory)
+    if found is not None:
+        return found
+    archives = sorted(directory.glob("*.tar.gz")) + sorted(directory.glob("*.tgz"))
+    if len(archives) == 1:
+        extracted = _extract_once(archives[0], environ)
+        found = _find_model_dir(extracted)
+        if found is not None:
+            return found
+        raise ConfigError(
+            f"SageMaker channel 'model': archive {archives[0]} has no config.json; it is not a model directory."
+        )
+    raise ConfigError(
+        f"SageMaker channel 'model' at {directory} holds neither a model directory (config.json) "
+        f"nor one model.tar.gz; found: {', '.join(p.name for p in sorted(directory.iterdir())[:5]) or 'nothing'}."
+    )
+
+
+def _find_model_dir(directory: Path) -> Path | None:
+    if (directory / "config.json").is_file():
+        return directory
+    subdirectories = [p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if len(subdirectories) == 1 and (subdirectories[0] / "config.json").is_file():
+        return subdirectories[0]
+    return None
+
+
+def _extract_once(archive: Path, environ: Mapping[str, str]) -> Path:
+    """Unpack `archive` into a directory named by its identity; concurrent ranks agree on one copy."""
+    stat = archive.stat()
+    identity = hashlib.sha256(f"{archive.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[
+        :16
+    ]
+    root = Path(
+        environ.get(MODEL_EXTRACT_ROOT_VARIABLE)
+        or Path(tempfile.gettempdir()) / "bert-classify-model-channel"
+    )
+    target = root / identity
+    if target.is_dir():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{identity}.", dir=root))
+    try:
+        safe_extract(archive, staging)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not target.is_dir():  # another rank won the race otherwise
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def safe_extract(archive: Path, target: Path) -> None:
+    """Extract a tar archive refusing members that would land outside `target` or are not plain files/dirs."""
+    target = target.resolve()
+    with tarfile.open(archive, "r:*") as tar:
+        members = tar.getmembers()
+        for member in members:
+            name = PurePosixPath(member.name)
+            destination = (target / member.name).resolve()
+            if (
+                name.is_absolute()
+                or ".." in name.parts
+                or not (destination == target or target in destination.parents)
+            ):
+                raise ConfigError(
+                    f"{archive}: member '{member.name}' would be written outside {target}; refusing the archive."
+                )
+            if not (member.isfile() or member.isdir()):
+                raise ConfigError(
+                    f"{archive}: member '{member.name}' is a link or device, not a plain file; refusing the archive."
+                )
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(target, members=members, filter="data")
+        else:  # Python < 3.10.12: members were checked above
+            tar.extractall(target, members=members)
+
+
+def boolean_flags_to_cli(argv: Sequence[str]) -> list[str]:
+    """Translate SageMaker-style hyper-parameter arguments into `train` flags.
+
+    `--freeze-encoder True` -> `--freeze-encoder`, `--freeze-encoder False` -> nothing,
+    `--group-by-length False` -> `--no-group-by-length`; `--max_steps 2` -> `--max-steps 2`.
+    Other arguments pass through unchanged. A boolean flag with no value (a hand-written
+    command line) means True.
+    """
+    result: list[str] = []
+    index = 0
+    argv = list(argv)
+    while index < len(argv):
+        item = argv[index]
+        index += 1
+        if not item.startswith("--"):
+            result.append(item)
+            continue
+        name, has_inline, inline_value = item[2:].partition("=")
+        name = name.replace("_", "-")
+        flag = NEGATED_BOOLEAN_FLAGS.get(name, name)
+        if name not in BOOLEAN_FLAGS and name not in NEGATED_BOOLEAN_FLAGS:
+            result.append(f"--{name}={inline_value}" if has_inline else f"--{name}")
+            continue
+        if has_inline:
+            value: str | None = inline_value
+        elif index < len(argv) and not argv[index].startswith("--"):
+            value = argv[index]
+            index += 1
+        else:
+            value = None
+        enabled = True if value is None else _parse_bool(name, value)
+        if name in NEGATED_BOOLEAN_FLAGS:
+            enabled = not enabled
+        if enabled:
+            result.append(f"--{flag}")
+    return result
+
+
+def _parse_bool(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigError(f"hyper-parameter --{name} must be True or False, not '{value}'.")
+
+
+def distributed_settings(environ: Mapping[str, str] | None = None) -> dict:
+    """torchrun's rendezvous settings for this host: nnodes, node_rank, nproc_per_node, master_addr, master_port.
+
+    Inside SageMaker: hosts from SM_HOSTS (sorted; the first is the master), this host from
+    SM_CURRENT_HOST, processes per host from SM_NUM_GPUS (one process on a CPU instance).
+    Outside SageMaker: one node, one process per local GPU (or one on CPU), on 127.0.0.1.
+    MASTER_PORT in the environment overrides the port.
+    """
+    environ = os.environ if environ is None else environ
+    port = int(environ.get("MASTER_PORT") or DEFAULT_MASTER_PORT)
+    hosts_json = environ.get("SM_HOSTS")
+    if not hosts_json:
+        return {
+            "nnodes": 1,
+            "node_rank": 0,
+            "nproc_per_node": _local_gpu_count(environ),
+            "master_addr": "127.0.0.1",
+            "master_port": port,
+        }
+    try:
+        hosts = sorted(str(host) for host in json.loads(hosts_json))
+    except (ValueError, TypeError):
+        raise ConfigError(f"SM_HOSTS must be a JSON list of host names, not {hosts_json!r}.") from None
+    if not hosts:
+        raise ConfigError("SM_HOSTS is an empty list: SageMaker names at least one host.")
+    current = environ.get("SM_CURRENT_HOST", hosts[0])
+    if current not in hosts:
+        raise ConfigError(f"SM_CURRENT_HOST '{current}' is not in SM_HOSTS {hosts}.")
+    return {
+        "nnodes": len(hosts),
+        "node_rank": hosts.index(current),
+        "nproc_per_node": _local_gpu_count(environ),
+        "master_addr": hosts[0],
+        "master_port": port,
+    }
+
+
+def _local_gpu_count(environ: Mapping[str, str]) -> int:
+    if environ.get("SM_NUM_GPUS") not in (None, ""):
+        try:
+            return max(1, int(environ["SM_NUM_GPUS"]))
+        except ValueError:
+            raise ConfigError(
+                f"SM_NUM_GPUS must be a whole number, not {environ['SM_NUM_GPUS']!r}."
+            ) from None
+    import torch
+
+    return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
