@@ -1,0 +1,212 @@
+"""Classification metrics from a confusion matrix, a text report, a confusion-matrix plot, and `evaluate_model`.
+
+The training loop reduces confusion matrices over ranks and calls `metrics_from_confusion`; the
+`evaluate` command runs a saved model over a labelled file and writes the same metrics to disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bert_classify.errors import DataError
+
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.txt"
+CONFUSION_PLOT_FILE = "confusion_matrix.png"
+
+
+# ---------------------------------------------------------------------------------------- metrics
+def metrics_from_confusion(confusion: Any, class_names: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, macro F1 and per-class precision/recall/F1/support from a C x C count matrix.
+
+    Rows are true classes, columns predicted ones. A ratio with a zero denominator is 0.0. Macro F1
+    averages over the classes that occur in the labels or the predictions (as scikit-learn does
+    when no label list is given), so a class absent from a small validation set does not count as
+    an F1 of 0; with no examples at all it is 0.0.
+    """
+    matrix = np.asarray(confusion, dtype=np.int64)
+    classes = len(class_names)
+    if matrix.shape != (classes, classes):
+        raise ValueError(f"confusion matrix of shape {matrix.shape} does not match {classes} class names")
+    true_positives = np.diag(matrix).astype(np.float64)
+    support = matrix.sum(axis=1)
+    predicted = matrix.sum(axis=0)
+    precision = _divide(true_positives, predicted)
+    recall = _divide(true_positives, support)
+    f1 = _divide(2 * precision * recall, precision + recall)
+    total = int(support.sum())
+    present = (support + predicted) > 0
+    per_class = {
+        str(name): {
+            "precision": float(precision[index]),
+            "recall": float(recall[index]),
+            "f1": float(f1[index]),
+            "support": int(support[index]),
+        }
+        for index, name in enumerate(class_names)
+    }
+    return {
+        "accuracy": float(true_positives.sum() / total) if total else 0.0,
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "num_examples": total,
+        "per_class": per_class,
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], class_names: Sequence[str]) -> dict[str, Any]:
+    """`metrics_from_confusion` of the confusion matrix of 0-based label ids `y_true` vs `y_pred`."""
+    true = np.asarray(y_true, dtype=np.int64).reshape(-1)
+    predicted = np.asarray(y_pred, dtype=np.int64).reshape(-1)
+    if true.shape != predicted.shape:
+        raise ValueError(f"{len(true)} true labels but {len(predicted)} predictions")
+    classes = len(class_names)
+    if true.size and (min(true.min(), predicted.min()) < 0 or max(true.max(), predicted.max()) >= classes):
+        raise ValueError(f"label ids must be in 0..{classes - 1} for {classes} class names")
+    confusion = np.bincount(true * classes + predicted, minlength=classes * classes).reshape(classes, classes)
+    return metrics_from_confusion(confusion, class_names)
+
+
+def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    denominator = np.asarray(denominator, dtype=np.float64)
+    return np.divide(numerator, denominator, out=np.zeros_like(denominator), where=denominator > 0)
+
+
+# ----------------------------------------------------------------------------------------- report
+def text_report(metrics: dict[str, Any], digits: int = 4) -> str:
+    """A table in the style of scikit-learn's classification_report, from a metrics dict."""
+    per_class = metrics["per_class"]
+    total = int(metrics["num_examples"])
+    rows = [(name, values["precision"], values["recall"], values["f1"], values["support"]) for name, values in per_class.items()]
+    supports = np.array([row[4] for row in rows], dtype=np.float64)
+    weights = supports / supports.sum() if supports.sum() else np.zeros_like(supports)
+    column = np.array([row[1:4] for row in rows], dtype=np.float64).reshape(-1, 3)
+    weighted = (column * weights[:, None]).sum(axis=0)
+    macro_precision, macro_recall = (column[:, 0].mean(), column[:, 1].mean()) if len(rows) else (0.0, 0.0)
+    width = max([len("weighted avg"), *(len(name) for name in per_class)])
+    number = max(len("precision"), digits + 2)
+    header = f"{'':>{width}} {'precision':>{number}} {'recall':>{number}} {'f1-score':>{number}} {'support':>9}"
+    lines = [header, ""]
+    for name, precision, recall, f1, support in rows:
+        lines.append(
+            f"{name:>{width}} {precision:>{number}.{digits}f} {recall:>{number}.{digits}f} {f1:>{number}.{digits}f} {support:>9}"
+        )
+    lines.append("")
+    lines.append(f"{'accuracy':>{width}} {'':>{number}} {'':>{number}} {metrics['accuracy']:>{number}.{digits}f} {total:>9}")
+    lines.append(
+        f"{'macro avg':>{width}} {macro_precision:>{number}.{digits}f} {macro_recall:>{number}.{digits}f} "
+        f"{metrics['macro_f1']:>{number}.{digits}f} {total:>9}"
+    )
+    lines.append(
+        f"{'weighted avg':>{width}} {weighted[0]:>{number}.{digits}f} {weighted[1]:>{number}.{digits}f} "
+        f"{weighted[2]:>{number}.{digits}f} {total:>9}"
+    )
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------- plot
+def plot_confusion_matrix(
+    confusion: Any, class_names: Sequence[str], path: str | os.PathLike[str], title: str | None = None
+) -> Path:
+    """Write the confusion matrix as a PNG: counts in cells, shaded by each true class's share."""
+    # Figure + the Agg canvas directly: no pyplot global state, no display needed, thread-safe.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    matrix = np.asarray(confusion, dtype=np.int64)
+    classes = len(class_names)
+    row_totals = matrix.sum(axis=1, keepdims=True)
+    shares = np.divide(matrix, row_totals, out=np.zeros(matrix.shape), where=row_totals > 0)
+    side = max(5.0, 0.55 * classes + 3.0)
+    figure = Figure(figsize=(side + 1.0, side), dpi=120, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    image = axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="share of the true class")
+    axes.set_xticks(range(classes), labels=list(class_names), rotation=45, ha="right", rotation_mode="anchor")
+    axes.set_yticks(range(classes), labels=list(class_names))
+    axes.set_xlabel("Predicted class")
+    axes.set_ylabel("True class")
+    if title:
+        axes.set_title(title)
+    font_size = 9 if classes <= 10 else 7
+    for row in range(classes):
+        for column in range(classes):
+            count = int(matrix[row, column])
+            if count == 0 and row != column:
+                continue  # empty off-diagonal cells stay blank: the errors stand out
+            colour = "white" if shares[row, column] > 0.5 else "black"
+            axes.text(column, row, str(count), ha="center", va="center", color=colour, fontsize=font_size)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+    return path
+
+
+# ----------------------------------------------------------------------------------- evaluate_model
+def evaluate_model(
+    model_dir: str | os.PathLike[str],
+    data_path: str | os.PathLike[str],
+    *,
+    classes: str | os.PathLike[str] | None = None,
+    output_dir: str | os.PathLike[str],
+    data_format: str = "auto",
+    text_column: str | None = None,
+    label_column: str | None = None,
+    batch_size: int = 64,
+    max_seq_len: int | None = None,
+) -> dict[str, Any]:
+    """Run a saved model over labelled data; write metrics.json, report.txt and confusion_matrix.png.
+
+    Labels are read with the model's class names (config.id2label). `classes` (a classes.txt) is a
+    check: it must list the model's classes in the model's order, else DataError saying which
+    differ. Returns the metrics dict (plus "model" and "data").
+    """
+    from bert_classify.data import load_labeled_data, read_class_names
+    from bert_classify.inference.predictor import Classifier
+
+    classifier = Classifier.from_pretrained(model_dir, max_length=max_seq_len)
+    model_classes = list(classifier.class_names)
+    if classes is not None:
+        _check_same_classes(read_class_names(classes), model_classes, os.fspath(classes), os.fspath(model_dir))
+    data = load_labeled_data(
+        data_path, class_names=model_classes, data_format=data_format, text_column=text_column, label_column=label_column
+    )
+    probabilities = classifier.predict_proba(data.texts, batch_size=batch_size)
+    metrics = classification_metrics(data.labels, probabilities.argmax(axis=1).tolist(), model_classes)
+    metrics["model"] = os.fspath(model_dir)
+    metrics["data"] = data.source
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    (output / REPORT_FILE).write_text(text_report(metrics), encoding="utf-8")
+    plot_confusion_matrix(
+        metrics["confusion_matrix"],
+        model_classes,
+        output / CONFUSION_PLOT_FILE,
+        title=f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f} (n={metrics['num_examples']})",
+    )
+    return metrics
+
+
+def _check_same_classes(given: list[str], model: list[str], classes_path: str, model_dir: str) -> None:
+    if given == model:
+        return
+    differences = [
+        f"line {index}: '{mine}' vs '{theirs}'"
+        for index, (mine, theirs) in enumerate(zip(given, model), start=1)
+        if mine != theirs
+    ]
+    if len(given) != len(model):
+        differences.append(f"{len(given)} classes vs the model's {len(model)}")
+    raise DataError(
+        f"{classes_path}: the classes differ from the model's labels in {model_dir}/config.json (file vs model: "
+        f"{'; '.join(differences[:5])}{' ...' if len(differences) > 5 else ''}). Drop --classes to use the model's "
+        "labels, or give the classes file the model was trained with."
+    )
