@@ -1,0 +1,268 @@
+"""`Classifier`: load a sequence-classification model directory and predict labels for texts.
+
+Texts are tokenised once, sorted by length into batches (little padding) and the results put back
+in input order. Runs on PyTorch (GPU when present) or on an exported ONNX model (`runtime="onnx"`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from bert_classify.errors import BertClassifyError, ConfigError
+
+RUNTIMES = ("torch", "onnx")
+DEFAULT_BATCH_SIZE = 32
+# The file `export-onnx` writes inside the model directory, and the one `--runtime onnx` loads.
+DEFAULT_ONNX_FILE = "onnx/model.onnx"
+
+
+class _Backend(Protocol):
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
+
+
+class _TorchBackend:
+    """A transformers model in eval mode; fp32 on CPU, bf16 autocast on GPUs that support it."""
+
+    def __init__(self, model: Any, device: str) -> None:
+        import torch
+
+        self.model = model
+        self.device = torch.device(device)
+        self.autocast_dtype = None
+        if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
+            self.autocast_dtype = torch.bfloat16
+
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            ids = torch.from_numpy(input_ids).to(self.device, non_blocking=True)
+            mask = torch.from_numpy(attention_mask).to(self.device, non_blocking=True)
+            autocast = (
+                torch.autocast(self.device.type, dtype=self.autocast_dtype)
+                if self.autocast_dtype is not None
+                else contextlib.nullcontext()
+            )
+            with autocast:
+                output = self.model(input_ids=ids, attention_mask=mask).logits
+            return output.float().cpu().numpy()
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _class_names(model_config: Any) -> list[str]:
+    id2label = getattr(model_config, "id2label", None) or {}
+    num_labels = int(getattr(model_config, "num_labels", len(id2label)) or len(id2label))
+    return [str(id2label.get(index, id2label.get(str(index), f"LABEL_{index}"))) for index in range(num_labels)]
+
+
+class Classifier:
+    """Predict class labels and probabilities for texts with a fine-tuned model.
+
+    Build it with `Classifier.from_pretrained(directory)`. `predict_proba` returns an (n, C) array
+    of probabilities in input order (softmax; sigmoid for multi-label models); `predict` returns one
+    `{"label", "score"}` dict per text, plus `"top_k"` (a list of `{"label", "score"}`, best first)
+    when `top_k > 1`.
+
+    Raises `BertClassifyError` (ConfigError) for a directory that is not a classification model,
+    a runtime it does not know, a missing ONNX file, or bad arguments (non-string texts,
+    `top_k < 1`, `batch_size < 1`).
+    """
+
+    def __init__(
+        self,
+        backend: _Backend,
+        tokenizer: Any,
+        class_names: Sequence[str],
+        *,
+        max_length: int,
+        multi_label: bool = False,
+        runtime: str = "torch",
+        device: str = "cpu",
+    ) -> None:
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.class_names: list[str] = list(class_names)
+        self.max_length = int(max_length)
+        self.multi_label = multi_label
+        self.runtime = runtime
+        self.device = device
+        self.pad_token_id = int(tokenizer.pad_token_id)
+        self.pad_left = getattr(tokenizer, "padding_side", "right") == "left"
+
+    # --------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_dir: str | os.PathLike[str],
+        device: str | None = None,
+        *,
+        runtime: str = "torch",
+        onnx_file: str | os.PathLike[str] | None = None,
+        max_length: int | None = None,
+    ) -> Classifier:
+        """Load a `save_pretrained` directory (or a `model.tar.gz` built by `bert-classify package`).
+
+        `device`: None picks CUDA when available, else CPU. `runtime`: "torch" or "onnx" (needs the
+        `onnx` extra and a file written by `bert-classify export-onnx`; `onnx_file` is relative to
+        the model directory unless absolute, default `onnx/model.onnx`). `max_length`: truncate
+        inputs to this many tokens (default: the tokenizer's limit, capped by the model's positions).
+        """
+        if runtime not in RUNTIMES:
+            raise ConfigError(f"--runtime: '{runtime}' is not one of {', '.join(RUNTIMES)}.")
+        path = Path(model_dir)
+        if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+            from bert_classify.inference.package import extract_archive
+
+            with tempfile.TemporaryDirectory(prefix="bert-classify-model-") as extracted:
+                extract_archive(path, Path(extracted))
+                return cls.from_pretrained(
+                    extracted, device, runtime=runtime, onnx_file=onnx_file, max_length=max_length
+                )
+        if not (path / "config.json").is_file():
+            raise ConfigError(
+                f"--model: '{model_dir}' is not a model directory (no config.json). Give a directory "
+                "written by `bert-classify train` or save_pretrained, or a model.tar.gz from `bert-classify package`."
+            )
+        from bert_classify.modeling import load_model_config, load_tokenizer, max_sequence_length
+
+        model_config = load_model_config(str(path))
+        tokenizer = load_tokenizer(str(path))
+        limit = max_sequence_length(model_config)
+        tokenizer_limit = getattr(tokenizer, "model_max_length", limit) or limit
+        if max_length is None:
+            max_length = min(limit, int(tokenizer_limit) if tokenizer_limit < 10**6 else limit)
+        elif not 1 < max_length <= limit:
+            raise ConfigError(f"--max-length {max_length}: must be between 2 and the model's limit of {limit} tokens.")
+        class_names = _class_names(model_config)
+        multi_label = getattr(model_config, "problem_type", None) == "multi_label_classification"
+
+        if runtime == "onnx":
+            from bert_classify.inference.onnx_runtime import OnnxBackend
+
+            onnx_path = Path(onnx_file) if onnx_file is not None else Path(DEFAULT_ONNX_FILE)
+            if not onnx_path.is_absolute():
+                onnx_path = path / onnx_path
+            backend: _Backend = OnnxBackend(onnx_path, device=device)
+            device_name = backend.device  # type: ignore[attr-defined]
+        else:
+            device_name = device or _default_device()
+            backend = _TorchBackend(_load_torch_model(path, device_name), device_name)
+        return cls(
+            backend,
+            tokenizer,
+            class_names,
+            max_length=max_length,
+            multi_label=multi_label,
+            runtime=runtime,
+            device=device_name,
+        )
+
+    # ------------------------------------------------------------------------------ prediction
+    def predict_proba(self, texts: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """Probabilities, shape (len(texts), len(class_names)), rows in input order."""
+        texts = _check_texts(texts)
+        if batch_size < 1:
+            raise ConfigError(f"--batch-size {batch_size}: must be at least 1.")
+        probabilities = np.zeros((len(texts), len(self.class_names)), dtype=np.float32)
+        if not texts:
+            return probabilities
+        encoded = self.tokenizer(
+            texts, truncation=True, max_length=self.max_length, padding=False, return_attention_mask=False
+        )["input_ids"]
+        lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
+        # Longest first: the slowest batch runs while memory is fresh, and padding is minimal.
+        order = np.argsort(-lengths, kind="stable")
+        for start in range(0, len(order), batch_size):
+            indices = order[start : start + batch_size]
+            input_ids, attention_mask = self._pad([encoded[index] for index in indices])
+            logits = self.backend.logits(input_ids, attention_mask)
+            probabilities[indices] = _sigmoid(logits) if self.multi_label else _softmax(logits)
+        return probabilities
+
+    def predict(
+        self, texts: Sequence[str], top_k: int = 1, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> list[dict[str, Any]]:
+        """One `{"label", "score"}` per text in input order; with top_k > 1 also `"top_k"`."""
+        if not isinstance(top_k, int) or top_k < 1:
+            raise ConfigError(f"--top-k {top_k}: must be a whole number of at least 1.")
+        return self.format_predictions(self.predict_proba(texts, batch_size=batch_size), top_k)
+
+    def format_predictions(self, probabilities: np.ndarray, top_k: int = 1) -> list[dict[str, Any]]:
+        """Turn rows of probabilities into prediction dicts (shared with the server's batcher)."""
+        top_k = min(top_k, len(self.class_names))
+        ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
+        results = []
+        for row, indices in zip(probabilities, ranked):
+            best = int(indices[0])
+            prediction: dict[str, Any] = {"label": self.class_names[best], "score": float(row[best])}
+            if top_k > 1:
+                prediction["top_k"] = [
+                    {"label": self.class_names[int(index)], "score": float(row[int(index)])} for index in indices
+                ]
+            results.append(prediction)
+        return results
+
+    def _pad(self, sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        width = max(len(ids) for ids in sequences)
+        input_ids = np.full((len(sequences), width), self.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros((len(sequences), width), dtype=np.int64)
+        for row, ids in enumerate(sequences):
+            if self.pad_left:
+                input_ids[row, width - len(ids) :] = ids
+                attention_mask[row, width - len(ids) :] = 1
+            else:
+                input_ids[row, : len(ids)] = ids
+                attention_mask[row, : len(ids)] = 1
+        return input_ids, attention_mask
+
+
+def _load_torch_model(path: Path, device: str) -> Any:
+    from bert_classify.modeling import _quiet_transformers
+
+    _quiet_transformers()
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(str(path))
+    except (OSError, ValueError) as error:
+        raise ConfigError(
+            f"--model: '{path}' could not be loaded as a sequence-classification model "
+            f"({type(error).__name__}: {str(error).splitlines()[0]})."
+        ) from None
+    try:
+        model.float().to(device)  # fp32 weights; a GPU adds bf16 autocast on top
+    except (RuntimeError, AssertionError) as error:
+        raise ConfigError(f"--device: '{device}' is not usable here ({error}).") from None
+    return model.eval()
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        raise BertClassifyError("texts must be a list of strings, not a single string: wrap it as [text].")
+    texts = list(texts)
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise BertClassifyError(f"texts[{index}] is a {type(text).__name__}, not a string.")
+    return texts
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exponentials = np.exp(shifted)
+    return exponentials / exponentials.sum(axis=1, keepdims=True)
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
