@@ -82,7 +82,7 @@ def _import_reader(spec: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
-        if error.name is not None and module_name.startswith(error.name):
+        if error.name is not None and (error.name == module_name or module_name.startswith(error.name + ".")):
             raise DataError(
                 f"--reader '{spec}': no module named '{module_name}'. Run from the directory that holds "
                 f"{module_name.replace('.', '/')}.py, add its directory to PYTHONPATH, or pip install its package."
