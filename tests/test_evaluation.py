@@ -146,3 +146,23 @@ def test_evaluate_refuses_classes_that_differ_from_the_model(tmp_path: Path, tin
                  "--output-dir", str(tmp_path / "out")])
     assert code == 2 and "error: data file not found" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing written for a failed evaluation
+
+
+def test_evaluate_with_a_plugin_reader(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "eval_rows_reader.py").write_text(
+        "class Rows:\n"
+        "    def __init__(self, path):\n"
+        "        self.path = path\n"
+        "    def records(self):\n"
+        "        yield 'company founded shares', 'Company'\n"
+        "        yield 'species genus habitat', 2\n",
+        encoding="utf-8",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code = main(["evaluate", "--model", str(tiny_model_dir), "--reader", "eval_rows_reader:Rows",
+                 "--output-dir", str(tmp_path / "out")])
+    assert code == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["num_examples"] == 2
+    assert [values["support"] for values in metrics["per_class"].values()] == [1, 0, 1]
+    assert metrics["data"] == "plug-in eval_rows_reader:Rows"

@@ -152,7 +152,7 @@ def plot_confusion_matrix(
 # ----------------------------------------------------------------------------------- evaluate_model
 def evaluate_model(
     model_dir: str | os.PathLike[str],
-    data_path: str | os.PathLike[str],
+    data_path: str | os.PathLike[str] | None,
     *,
     classes: str | os.PathLike[str] | None = None,
     output_dir: str | os.PathLike[str],
@@ -161,12 +161,14 @@ def evaluate_model(
     label_column: str | None = None,
     batch_size: int = 64,
     max_seq_len: int | None = None,
+    reader: str | None = None,
 ) -> dict[str, Any]:
     """Run a saved model over labelled data; write metrics.json, report.txt and confusion_matrix.png.
 
     Labels are read with the model's class names (config.id2label). `classes` (a classes.txt) is a
     check: it must list the model's classes in the model's order, else DataError saying which
-    differ. Returns the metrics dict (plus "model" and "data").
+    differ. `reader` ('package.module:ClassName') reads the data with a plug-in instead. Returns the
+    metrics dict (plus "model" and "data").
     """
     from bert_classify.data import load_labeled_data, read_class_names
     from bert_classify.inference.predictor import Classifier
@@ -176,7 +178,12 @@ def evaluate_model(
     if classes is not None:
         _check_same_classes(read_class_names(classes), model_classes, os.fspath(classes), os.fspath(model_dir))
     data = load_labeled_data(
-        data_path, class_names=model_classes, data_format=data_format, text_column=text_column, label_column=label_column
+        data_path,
+        class_names=model_classes,
+        data_format=data_format,
+        text_column=text_column,
+        label_column=label_column,
+        reader=reader,
     )
     probabilities = classifier.predict_proba(data.texts, batch_size=batch_size)
     metrics = classification_metrics(data.labels, probabilities.argmax(axis=1).tolist(), model_classes)

@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from bert_classify.data import DATA_FORMATS
+from bert_classify.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,11 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "read with the model's class names (config.json id2label).",
     )
     parser.add_argument("--model", required=True, help="model directory (save_pretrained) or model.tar.gz")
-    parser.add_argument("--data", required=True, help="labelled data: DBpedia-layout CSV, CSV with header, or JSON Lines")
+    parser.add_argument("--data", help="labelled data: DBpedia-layout CSV, CSV with header, or JSON Lines")
     parser.add_argument("--classes", help="classes.txt to check against the model's labels (must match them)")
     parser.add_argument("--data-format", choices=DATA_FORMATS, default="auto", help="input format (default: auto)")
     parser.add_argument("--text-column", help="text field for CSV with header / JSON Lines (default: text)")
     parser.add_argument("--label-column", help="label field for CSV with header / JSON Lines (default: label)")
+    parser.add_argument("--reader", help="plug-in reader 'package.module:ClassName' yielding (text, label) records")
     parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default: 64)")
     parser.add_argument("--max-seq-len", type=int, help="truncate inputs to this many tokens (default: the model's limit)")
     parser.add_argument("--output-dir", required=True, help="where metrics.json, report.txt and confusion_matrix.png go")
@@ -34,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from bert_classify.evaluation import CONFUSION_PLOT_FILE, METRICS_FILE, REPORT_FILE, evaluate_model
 
+    if args.data is None and args.reader is None:
+        raise ConfigError("evaluate needs --data FILE (or a plug-in --reader that finds its own data).")
     metrics = evaluate_model(
         args.model,
         args.data,
@@ -44,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         label_column=args.label_column,
         batch_size=args.batch_size,
         max_seq_len=args.max_seq_len,
+        reader=args.reader,
     )
     output = Path(args.output_dir)
     print(f"examples: {metrics['num_examples']}")
