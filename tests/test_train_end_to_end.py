@@ -63,8 +63,11 @@ def test_cli_train_writes_a_model_that_plain_transformers_pipeline_loads(
     assert (output / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_training_learns_the_separable_data(tiny_data_dir: Path, tiny_model_no_dropout_dir: Path, tmp_path: Path) -> None:
-    result = train(_config(tiny_data_dir, tiny_model_no_dropout_dir, tmp_path / "out", epochs=8, learning_rate=3e-3))
+    result = train(_config(
+        tiny_data_dir, tiny_model_no_dropout_dir, tmp_path / "out", epochs=20, learning_rate=1e-2, log_every_steps=50
+    ))
     assert result.metrics is not None and result.metrics["accuracy"] >= 0.9
 
 

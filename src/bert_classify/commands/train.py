@@ -7,6 +7,7 @@ Inside a SageMaker training container, unset flags are filled from the SM_* envi
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from bert_classify.config import BEST_METRICS, DATA_FORMATS, DEFAULT_MODEL, PRECISIONS, TrainConfig
@@ -95,17 +96,18 @@ def run(args: argparse.Namespace) -> int:
     nproc = getattr(args, "nproc", None)
     if nproc is not None and nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, not {nproc}.")
-    if nproc is None:
-        from bert_classify.training.distributed import default_process_count
-
-        nproc = default_process_count()
-    import os
-
-    if nproc > 1 and "LOCAL_RANK" not in os.environ:
+    if "LOCAL_RANK" not in os.environ:  # not yet inside torchrun: maybe launch it
+        from bert_classify.sagemaker.environment import distributed_settings
         from bert_classify.training.distributed import launch_torchrun
 
-        argv = _argv_without_nproc(list(args.raw_argv))
-        return launch_torchrun(nproc, argv)
+        # one place maps hosts and devices: SM_HOSTS/SM_CURRENT_HOST/SM_NUM_GPUS, or local GPUs
+        settings = distributed_settings()
+        nproc_per_node = nproc if nproc is not None else settings["nproc_per_node"]
+        if nproc_per_node > 1 or settings["nnodes"] > 1:
+            rendezvous: dict[str, object] = {}
+            if settings["nnodes"] > 1:
+                rendezvous = {key: settings[key] for key in ("nnodes", "node_rank", "master_addr", "master_port")}
+            return launch_torchrun(nproc_per_node, _argv_without_nproc(list(args.raw_argv)), **rendezvous)
 
     from bert_classify.training.loop import train
     from bert_classify.training.signals import exit_code_for

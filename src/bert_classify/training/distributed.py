@@ -88,11 +88,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def default_process_count() -> int:
-    """One process per GPU on this machine, or one process on CPU."""
-    return torch.cuda.device_count() if torch.cuda.is_available() else 1
-
-
 def torchrun_command(
     nproc_per_node: int,
     module_args: Sequence[str],
