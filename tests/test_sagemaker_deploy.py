@@ -137,8 +137,13 @@ def test_invoke_sends_json_inputs(aws_session, tmp_path, capsys: pytest.CaptureF
     assert status == 0
     (sent,) = _sent(aws_session, "InvokeEndpoint")
     assert sent["ContentType"] == "application/json"
-    assert json.loads(sent["Body"]) == {"inputs": ["a company", "a painter and singer", "species of mammal"], "top_k": 2}
+    assert json.loads(sent["Body"]) == {"inputs": ["a company", "a painter and singer", "species of mammal"], "parameters": {"top_k": 2}}
     assert capsys.readouterr().out.strip() == "body"  # moto's canned answer, printed as is
+    # The body is one the SageMaker handler decodes (texts in order, top_k honoured).
+    from bert_classify.inference.codec import decode_request
+
+    decoded = decode_request(sent["Body"].encode(), sent["ContentType"])
+    assert (decoded.texts, decoded.top_k) == (["a company", "a painter and singer", "species of mammal"], 2)
 
 
 def test_invoke_dry_run_and_no_texts(aws_session, capsys: pytest.CaptureFixture[str]) -> None:

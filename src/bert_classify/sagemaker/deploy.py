@@ -200,7 +200,10 @@ def invoke(
     dry_run: bool = False,
     out: Callable[[str], None] = print,
 ) -> Any:
-    """Send texts to an endpoint as application/json {"inputs": [...]}; return the decoded answer."""
+    """Send texts to an endpoint as application/json {"inputs": [...]}; return the decoded answer.
+
+    With top_k, the body carries {"parameters": {"top_k": k}}, as the SageMaker handler expects.
+    """
     if not texts:
         raise ConfigError(
             "give at least one text: --text TEXT (repeatable) or --input FILE (one text per line)."
@@ -209,7 +212,7 @@ def invoke(
     if top_k is not None:
         if top_k < 1:
             raise ConfigError(f"--top-k must be >= 1, not {top_k}.")
-        body["top_k"] = top_k
+        body["parameters"] = {"top_k": top_k}  # the handler's request format (inference/codec.py)
     request = {
         "EndpointName": endpoint_name,
         "ContentType": "application/json",
