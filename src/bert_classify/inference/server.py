@@ -7,12 +7,15 @@ Starlette on uvicorn, one process, with dynamic batching. Client mistakes get 4x
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import logging
+import signal
+import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,8 +175,6 @@ def create_app(classifier: Classifier, config: ServerConfig | None = None) -> An
         finally:
             await batcher.stop()
 
-    from contextlib import asynccontextmanager
-
     app = Starlette(
         routes=[
             Route("/ping", ping, methods=["GET"]),
@@ -181,7 +182,7 @@ def create_app(classifier: Classifier, config: ServerConfig | None = None) -> An
             Route("/metrics", metrics, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_error, Exception: server_error},
-        lifespan=asynccontextmanager(lifespan),
+        lifespan=contextlib.asynccontextmanager(lifespan),
     )
     app.state.batcher = batcher
     return _AccessLog(app, status_counts)
@@ -279,8 +280,28 @@ def serve(
             }
         )
     )
-    uvicorn.Server(uvicorn_config).run()
+    with _clean_exit_after_signals():
+        uvicorn.Server(uvicorn_config).run()
     server_log.info(json.dumps({"event": "stopped"}))
+
+
+@contextlib.contextmanager
+def _clean_exit_after_signals() -> Iterator[None]:
+    """Make a drained SIGTERM/SIGINT end the process with status 0.
+
+    uvicorn drains on the signal, restores the handlers it found and raises the signal again; with
+    Python's defaults that kills the process (status -15) or prints a KeyboardInterrupt traceback.
+    A no-op handler found there turns the re-raise into a normal return.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.signal(number, lambda *_: None) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _configure_logging(access_log_enabled: bool) -> None:
