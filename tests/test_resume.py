@@ -56,7 +56,7 @@ def _run_until(command: list[str], marker: str, sig: int, **variables: str) -> t
     """Start a run, send `sig` once its output shows `marker`; return (exit status, output)."""
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=_environment(BERT_CLASSIFY_MICRO_STEP_DELAY_S="0.02", **variables),
+        env=_environment(**{"BERT_CLASSIFY_MICRO_STEP_DELAY_S": "0.02", **variables}),
     )
     assert process.stdout is not None
     lines = []
