@@ -108,15 +108,16 @@ def run_quickstart(
     else:
         say("[4/5] no test file: skipped evaluation")
     classifier = Classifier.from_pretrained(result.output_dir)
-    examples = [
-        "Kestrel Avionics is a manufacturer headquartered in Ohio with two thousand employees.",
-        "The Dunmore is a river in Wales that flows from its summit to the coast.",
-        "Juniper Hale is a singer who released her debut album on an independent label.",
-    ]
+    from bert_classify.data import load_labeled_data, read_class_names
+
+    sample_file = test_file if test_file is not None and Path(test_file).exists() else files["train"]
+    held_out = load_labeled_data(str(sample_file), class_names=read_class_names(files["classes"]))
+    examples = held_out.texts[:3]
     predictions = list(zip(examples, classifier.predict(examples)))
-    say("[5/5] predictions:")
-    for text, prediction in predictions:
-        say(f"      {prediction['label']:<22} {prediction['score']:.3f}  {text}")
+    say(f"[5/5] predictions for the first texts of {sample_file}:")
+    for (text, prediction), label in zip(predictions, held_out.labels[:3]):
+        say(f"      {prediction['label']:<22} {prediction['score']:.3f}  (true: {held_out.class_names[label]})  "
+            f"{text[:70]}")
     say(f"done. model: {result.output_dir}  checkpoints: {checkpoint_dir}  evaluation: {evaluation_dir}")
     return QuickstartResult(output_dir, Path(result.output_dir or ""), evaluation_dir, interrupted_at, resumed_from,
                             metrics, predictions)
