@@ -1,0 +1,208 @@
+"""Offline inference throughput: our `Classifier.predict` against `transformers.pipeline`, plus ONNX fp32/int8.
+
+Same model, same texts, same batch size and truncation, in one process. The ONNX paths report their
+accuracy on the real labels when the model is fine-tuned (--finetuned DIR, or --finetune-rows N to
+fine-tune the MiniLM first with `bert-classify train`); otherwise their agreement with the PyTorch
+predictions, labelled as such.
+
+    python benchmarks/bench_inference.py                          # 2,000 texts, batch 32
+    python benchmarks/bench_inference.py --finetune-rows 2000     # + accuracy of fp32/int8
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import SHARED, write_result  # noqa: E402
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DATA_DIR = SHARED / "data" / "dbpedia-10k"
+MODEL_DIR = SHARED / "models" / "minilm-l6-h384-uncased"
+
+
+def read_rows(path: Path, count: int) -> list[tuple[int, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [(int(label), text) for label, text in csv.reader(handle)][:count]
+
+
+def class_names() -> list[str]:
+    return [line.strip() for line in (DATA_DIR / "classes.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def untrained_classifier_dir(target: Path, seed: int) -> Path:
+    """The MiniLM with a seeded random 14-class head, saved once so that every path uses the same weights."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    names = class_names()
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        MODEL_DIR, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
+    )
+    model.save_pretrained(target)
+    AutoTokenizer.from_pretrained(MODEL_DIR).save_pretrained(target)
+    return target
+
+
+def finetune(target: Path, rows: int, scratch: Path) -> Path:
+    """Fine-tune the MiniLM on the first `rows` training rows, one epoch (the README's reference recipe)."""
+    train_csv = scratch / "train.csv"
+    with open(DATA_DIR / "train.csv", newline="", encoding="utf-8") as source, open(
+        train_csv, "w", newline="", encoding="utf-8"
+    ) as sink:
+        csv.writer(sink).writerows(row for _, row in zip(range(rows), csv.reader(source)))
+    command = [
+        sys.executable, "-m", "bert_classify", "train", "--train", str(train_csv),
+        "--classes", str(DATA_DIR / "classes.txt"), "--model", str(MODEL_DIR), "--epochs", "1",
+        "--batch-size", "16", "--learning-rate", "2e-4", "--max-seq-len", "128", "--output-dir", str(target),
+    ]  # fmt: skip
+    print("fine-tuning:", " ".join(command), flush=True)
+    subprocess.run(command, check=True)
+    return target
+
+
+def timed(function: Any) -> tuple[Any, float]:
+    gc.collect()
+    started = time.perf_counter()
+    result = function()
+    return result, time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=2000, help="test texts to classify (default: 2000)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--max-length", type=int, default=None, help="truncation for every path (default: the model's limit, 512)"
+    )
+    parser.add_argument("--finetuned", type=Path, default=None, help="a fine-tuned DBpedia model directory")
+    parser.add_argument("--finetune-rows", type=int, default=0, help="fine-tune the MiniLM on this many rows first")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX paths")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if not (MODEL_DIR / "config.json").exists() or not (DATA_DIR / "test.csv").exists():
+        print(f"skipped: needs {MODEL_DIR} and {DATA_DIR}", file=sys.stderr)
+        return 2
+
+    import torch
+    import transformers
+    from transformers import pipeline
+
+    from bert_classify.inference.predictor import Classifier
+
+    transformers.logging.set_verbosity_error()
+    rows = read_rows(DATA_DIR / "test.csv", args.rows)
+    texts = [text for _, text in rows]
+    names = class_names()
+    true_labels = np.array([names[label - 1] for label, _ in rows])
+    scratch = Path(tempfile.mkdtemp(prefix="bench-inference-"))
+    if args.finetuned is not None:
+        model_dir, model_kind = args.finetuned, f"fine-tuned ({args.finetuned})"
+    elif args.finetune_rows:
+        model_dir = finetune(scratch / "finetuned", args.finetune_rows, scratch)
+        model_kind = f"MiniLM fine-tuned by `bert-classify train` on {args.finetune_rows} train rows, 1 epoch"
+    else:
+        model_dir = untrained_classifier_dir(scratch / "minilm-random-head", args.seed)
+        model_kind = "MiniLM encoder with a random 14-class head (no accuracy: agreement is reported instead)"
+    fine_tuned = args.finetuned is not None or args.finetune_rows > 0
+
+    results: list[dict[str, Any]] = []
+    warmup = texts[:64]
+
+    def record(name: str, labels: list[str], seconds: float, **extra: Any) -> np.ndarray:
+        labels_array = np.array(labels)
+        entry = {"path": name, "texts": len(texts), "seconds": round(seconds, 3),
+                 "texts_per_s": round(len(texts) / seconds, 2), **extra}  # fmt: skip
+        if fine_tuned:
+            entry["accuracy"] = round(float((labels_array == true_labels).mean()), 4)
+        results.append(entry)
+        print(f"  {name:<28} {entry['texts_per_s']:>9.1f} texts/s", flush=True)
+        return labels_array
+
+    ours = Classifier.from_pretrained(model_dir, device="cpu", max_length=args.max_length)
+    max_length = ours.max_length  # the pipeline truncates at the same length
+    ours.predict(warmup, batch_size=args.batch_size)
+    predictions, seconds = timed(lambda: ours.predict(texts, batch_size=args.batch_size))
+    torch_labels = record("bert-classify predict (torch)", [item["label"] for item in predictions], seconds)
+
+    peer = pipeline("text-classification", model=str(model_dir), device="cpu")
+    peer_options = {"batch_size": args.batch_size, "truncation": True, "max_length": max_length}
+    peer(warmup, **peer_options)
+    peer_predictions, seconds = timed(lambda: peer(texts, **peer_options))
+    peer_labels = record("transformers.pipeline", [item["label"] for item in peer_predictions], seconds)
+    results[0]["ratio_vs_pipeline"] = round(results[1]["seconds"] / results[0]["seconds"], 3)
+    results[1]["agreement_with_torch"] = round(float((peer_labels == torch_labels).mean()), 4)
+
+    if not args.no_onnx:
+        from bert_classify.inference.onnx_runtime import export_onnx
+
+        onnx_dir = scratch / "onnx"
+        (fp32_path, int8_path), export_seconds = timed(lambda: export_onnx(model_dir, onnx_dir, quantize=True))
+        print(f"  exported ONNX fp32 + int8 in {export_seconds:.1f} s", flush=True)
+        for name, path in (("onnx fp32", fp32_path), ("onnx int8 (dynamic)", int8_path)):
+            classifier = Classifier.from_pretrained(model_dir, runtime="onnx", onnx_file=path, max_length=args.max_length)
+            classifier.predict(warmup, batch_size=args.batch_size)
+            onnx_predictions, seconds = timed(lambda c=classifier: c.predict(texts, batch_size=args.batch_size))
+            labels = np.array([item["label"] for item in onnx_predictions])
+            record(
+                name, list(labels), seconds,
+                ratio_vs_pipeline=round(results[1]["seconds"] / seconds, 3),
+                ratio_vs_torch=round(results[0]["seconds"] / seconds, 3),
+                agreement_with_torch=round(float((labels == torch_labels).mean()), 4),
+                file_mb=round(path.stat().st_size / 1e6, 1),
+            )  # fmt: skip
+
+    print()
+    header = f"{'path':<30}{'texts/s':>10}{'vs pipeline':>13}{'accuracy' if fine_tuned else 'agree w/ torch':>16}"
+    print(header)
+    print("-" * len(header))
+    pipeline_seconds = results[1]["seconds"]
+    for entry in results:
+        quality = entry.get("accuracy") if fine_tuned else entry.get("agreement_with_torch", 1.0)
+        print(f"{entry['path']:<30}{entry['texts_per_s']:>10.1f}{pipeline_seconds / entry['seconds']:>12.2f}x"
+              f"{quality:>16}")  # fmt: skip
+    path = write_result(
+        "inference",
+        {
+            "model": model_kind,
+            "texts": len(texts),
+            "data": str(DATA_DIR / "test.csv"),
+            "batch_size": args.batch_size,
+            "max_length": max_length,
+            "onnxruntime": _onnxruntime_version(),
+            "torch_threads": torch.get_num_threads(),
+            "load_average_at_end": list(os.getloadavg()),
+            "results": results,
+            "note": "2 shared CPU cores: other developers' jobs ran on them at the same time; "
+            "see load_average_at_start/at_end.",
+        },
+    )
+    print(f"\nwrote {path}")
+    return 0
+
+
+def _onnxruntime_version() -> str | None:
+    try:
+        import onnxruntime
+
+        return onnxruntime.__version__
+    except ImportError:
+        return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

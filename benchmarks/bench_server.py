@@ -1,0 +1,176 @@
+"""Server under load: 32 concurrent clients sending single texts over loopback, batching on vs off.
+
+Starts the real `bert-classify serve` process for each setting (dynamic batching with the defaults,
+then `--max-batch-size 1`), runs the clients (asyncio + httpx, in this process) for a warm-up and a
+measured window, and reports requests/s and p50/p99 latency of the measured window.
+
+    python benchmarks/bench_server.py                    # 32 clients, 30 s each setting
+    python benchmarks/bench_server.py --duration 10 --clients 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import SHARED, write_result  # noqa: E402
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DATA_DIR = SHARED / "data" / "dbpedia-10k"
+MODEL_DIR = SHARED / "models" / "minilm-l6-h384-uncased"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(model_dir: Path, log_path: Path, flags: list[str]) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    port = free_port()
+    command = [sys.executable, "-m", "bert_classify", "serve", "--model", str(model_dir), "--port", str(port), *flags]
+    print("  starting:", " ".join(command[1:]), flush=True)
+    process = subprocess.Popen(command, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited: {log_path.read_text()}")
+        try:
+            if httpx.get(url + "/ping", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    process.kill()
+    raise SystemExit("server did not start")
+
+
+async def load(url: str, texts: list[str], clients: int, warmup_s: float, duration_s: float) -> dict[str, Any]:
+    import httpx
+
+    started = time.monotonic()
+    measure_from, measure_to = started + warmup_s, started + warmup_s + duration_s
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    wrong = 0
+
+    async def client(number: int, http: httpx.AsyncClient) -> None:
+        nonlocal wrong
+        index = number
+        while time.monotonic() < measure_to:
+            text = texts[index % len(texts)]
+            index += clients
+            sent = time.monotonic()
+            response = await http.post("/invocations", json={"inputs": [text]})
+            done = time.monotonic()
+            if measure_from <= done <= measure_to:  # answered inside the measured window
+                latencies.append(done - sent)
+                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+                if response.status_code == 200 and len(response.json()) != 1:
+                    wrong += 1
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+        await asyncio.gather(*(client(number, http) for number in range(clients)))
+    values = np.array(latencies)
+    return {
+        "requests": len(latencies),
+        "requests_per_s": round(len(latencies) / duration_s, 2),
+        "p50_ms": round(float(np.percentile(values, 50)) * 1000, 1) if len(values) else None,
+        "p99_ms": round(float(np.percentile(values, 99)) * 1000, 1) if len(values) else None,
+        "statuses": statuses,
+        "malformed_answers": wrong,
+    }
+
+
+def run_setting(name: str, flags: list[str], model_dir: Path, texts: list[str], args: argparse.Namespace,
+                scratch: Path) -> dict[str, Any]:  # fmt: skip
+    import httpx
+
+    process, url = start_server(model_dir, scratch / f"{name.replace(' ', '-')}.log", flags)
+    try:
+        result = asyncio.run(load(url, texts, args.clients, args.warmup, args.duration))
+        result["server_batching"] = httpx.get(url + "/metrics", timeout=10).json()["batching"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+    result = {"setting": name, "server_flags": flags, **result}
+    print(f"  {name}: {result['requests_per_s']} req/s, p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
+          f"mean batch {result['server_batching']['mean_batch_requests']} requests", flush=True)  # fmt: skip
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=None, help="model directory (default: MiniLM + random head)")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--duration", type=float, default=30.0, help="measured seconds per setting")
+    parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before the window")
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--max-batch-delay-ms", type=float, default=5.0)
+    args = parser.parse_args()
+    if not (MODEL_DIR / "config.json").exists() or not (DATA_DIR / "test.csv").exists():
+        print(f"skipped: needs {MODEL_DIR} and {DATA_DIR}", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_inference import untrained_classifier_dir
+
+    with open(DATA_DIR / "test.csv", newline="", encoding="utf-8") as handle:
+        texts = [text for _, text in csv.reader(handle)][:2000]
+    scratch = Path(tempfile.mkdtemp(prefix="bench-server-"))
+    model_dir = args.model or untrained_classifier_dir(scratch / "minilm-random-head", seed=0)
+
+    batching_flags = ["--max-batch-size", str(args.max_batch_size), "--max-batch-delay-ms", str(args.max_batch_delay_ms)]
+    settings = [("batching on", batching_flags), ("batching off", ["--max-batch-size", "1"])]
+    results = [run_setting(name, flags, model_dir, texts, args, scratch) for name, flags in settings]
+    ratio = results[0]["requests_per_s"] / results[1]["requests_per_s"] if results[1]["requests_per_s"] else None
+
+    print()
+    header = f"{'setting':<16}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'mean batch':>12}"
+    print(header)
+    print("-" * len(header))
+    for entry in results:
+        print(f"{entry['setting']:<16}{entry['requests_per_s']:>9.1f}{entry['p50_ms'] or 0:>9.1f}"
+              f"{entry['p99_ms'] or 0:>9.1f}{entry['server_batching']['mean_batch_requests']:>12}")  # fmt: skip
+    print(f"batching on / off: {ratio:.2f}x requests/s" if ratio else "")
+    path = write_result(
+        "server",
+        {
+            "model": str(args.model) if args.model else "MiniLM encoder with a random 14-class head",
+            "clients": args.clients,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "request": "POST /invocations, application/json, one DBpedia test text per request",
+            "results": results,
+            "ratio_requests_per_s": round(ratio, 3) if ratio else None,
+            "load_average_at_end": list(os.getloadavg()),
+            "note": "server and clients share the same 2 CPU cores (loopback), which other developers' jobs also "
+            "used at the time; see load averages.",
+        },
+    )
+    print(f"wrote {path}")
+    print(json.dumps({"ratio": ratio}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
