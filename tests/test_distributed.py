@@ -119,3 +119,25 @@ def test_a_failing_rank_ends_the_job_quickly_with_its_error(
     assert "injected failure on rank 1 at step 2" in completed.stderr
     assert time.monotonic() - started < 120  # far below the 600 s collective timeout: no hang
     assert not (tmp_path / "failing" / "model").exists()
+
+
+def test_resume_with_a_different_number_of_processes_and_the_same_effective_batch(
+    ddp_data: Path, tiny_model_no_dropout_dir: Path, tmp_path: Path
+) -> None:
+    # written by 2 processes x accumulation 1, resumed by 1 process x accumulation 2 (dropout off:
+    # dropout masks are drawn per rank, so only a dropout-free model can match across world sizes)
+    reference = _run(_torchrun(2, _train_args(ddp_data, tiny_model_no_dropout_dir, tmp_path / "reference", 4, 1)))
+    assert reference.returncode == 0, reference.stderr
+    checkpoints = ["--checkpoint-dir", str(tmp_path / "checkpoints")]
+    interrupted = _run(
+        _torchrun(2, _train_args(ddp_data, tiny_model_no_dropout_dir, tmp_path / "resumed", 4, 1, *checkpoints)),
+        BERT_CLASSIFY_SIGTERM_AT_STEP="4",
+    )
+    assert interrupted.returncode != 0 and "stopped by signal after step 4" in interrupted.stdout
+    resumed = _run([sys.executable, "-m", "bert_classify",
+                    *_train_args(ddp_data, tiny_model_no_dropout_dir, tmp_path / "resumed", 4, 2, *checkpoints)])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from checkpoint at step 4" in resumed.stdout
+    expected, actual = _weights(tmp_path / "reference"), _weights(tmp_path / "resumed")
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=1e-4, atol=1e-5, msg=key)

@@ -28,7 +28,7 @@ def test_real_minilm_learns_real_dbpedia_rows(tmp_path: Path) -> None:
     data = require_shared_data()
     result = train(TrainConfig(
         train=str(_head(data / "train.csv", tmp_path / "train.csv", 320)),
-        val=str(_head(data / "test.csv", tmp_path / "val.csv", 140)),
+        val=str(_head(data / "test.csv", tmp_path / "val.csv", 70)),
         classes=str(data / "classes.txt"),
         model=str(model),
         output_dir=str(tmp_path / "model"),

@@ -457,7 +457,6 @@ class Trainer:
     # ------------------------------------------------------------------------------------- loop
     def run(self) -> TrainResult:
         config, context, state = self.config, self.context, self.state
-        accumulation, world = config.grad_accum_steps, context.world_size
         result = TrainResult(
             output_dir=None,
             global_step=state.global_step,
@@ -471,7 +470,7 @@ class Trainer:
             f"{len(self.class_names)} classes, device {context.device}, precision {self.precision}"
         )
         self.log(
-            f"world size {world}, per-device batch {config.batch_size}, gradient accumulation {accumulation}, "
+            f"world size {context.world_size}, per-device batch {config.batch_size}, gradient accumulation {config.grad_accum_steps}, "
             f"effective batch {self.effective_batch_size}; {self.steps_per_epoch} steps per epoch, "
             f"{self.total_steps} steps in all, learning rate {self.learning_rate:.2e}, warm-up {self.warmup_steps} steps"
         )
@@ -487,25 +486,7 @@ class Trainer:
                     self.faults.before_step(state.global_step, context.rank)
                     started = time.perf_counter()
                     self._reseed(state.global_step)
-                    for micro_step, indices in enumerate(rank_micro_batches(step, accumulation, world, context.rank)):
-                        empty = len(indices) == 0
-                        batch = self._collate(self.train_ids, self.train_labels, step[:1] if empty else indices)
-                        sync = micro_step == accumulation - 1 or not context.enabled
-                        with nullcontext() if sync else self.ddp_model.no_sync():  # type: ignore[operator]
-                            with self.autocast():
-                                logits = self.ddp_model(input_ids=batch[0], attention_mask=batch[1]).logits
-                            loss_sum = F.cross_entropy(logits.float(), batch[2], reduction="sum")
-                            if empty:
-                                loss_sum = loss_sum * 0.0  # keeps every rank in the same collectives
-                            # mean over the whole step's examples; DDP averages over ranks, so scale by world
-                            self.scaler.scale(loss_sum * (world / len(step))).backward()
-                        if not empty:
-                            interval_loss[0] += loss_sum.detach().double()
-                            interval_loss[1] += len(indices)
-                            result.examples_this_run += len(indices)
-                            result.real_tokens_this_run += int(batch[1].sum())
-                            result.padded_tokens_this_run += int(batch[1].numel())
-                        self.faults.after_micro_step()
+                    self.accumulate_gradients(step, interval_loss, result)
                     self.scaler.unscale_(self.optimizer)
                     torch.nn.utils.clip_grad_norm_(self.trainable, config.max_grad_norm)
                     self.scaler.step(self.optimizer)
@@ -559,6 +540,34 @@ class Trainer:
         result.metrics = state.best_metrics
         result.output_dir = self._write_output()
         return result
+
+    def accumulate_gradients(self, step: np.ndarray, interval_loss: torch.Tensor, result: TrainResult) -> None:
+        """Run this rank's micro-batches of one optimizer step, leaving the step's gradient in .grad.
+
+        Each micro-batch's loss is its examples' summed loss over the number of examples in the
+        whole step, so the accumulated gradient is the mean gradient of the concatenated step, also
+        when the step is ragged. DDP averages over ranks, hence the factor world_size; the all-reduce
+        runs on the last micro-step only (no_sync before it).
+        """
+        accumulation, world, context = self.config.grad_accum_steps, self.context.world_size, self.context
+        for micro_step, indices in enumerate(rank_micro_batches(step, accumulation, world, context.rank)):
+            empty = len(indices) == 0
+            batch = self._collate(self.train_ids, self.train_labels, step[:1] if empty else indices)
+            sync = micro_step == accumulation - 1 or not context.enabled
+            with nullcontext() if sync else self.ddp_model.no_sync():  # type: ignore[operator]
+                with self.autocast():
+                    logits = self.ddp_model(input_ids=batch[0], attention_mask=batch[1]).logits
+                loss_sum = F.cross_entropy(logits.float(), batch[2], reduction="sum")
+                if empty:
+                    loss_sum = loss_sum * 0.0  # keeps every rank in the same collectives
+                self.scaler.scale(loss_sum * (world / len(step))).backward()
+            if not empty:
+                interval_loss[0] += loss_sum.detach().double()
+                interval_loss[1] += len(indices)
+                result.examples_this_run += len(indices)
+                result.real_tokens_this_run += int(batch[1].sum())
+                result.padded_tokens_this_run += int(batch[1].numel())
+            self.faults.after_micro_step()
 
     def _checkpoint_time_due(self) -> bool:
         minutes = self.config.checkpoint_every_minutes
