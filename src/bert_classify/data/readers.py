@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO
 
+from bert_classify.config import DATA_FORMATS  # one list of formats, defined with the flags
 from bert_classify.data.labels import (
     LabeledData,
     check_class_names,
@@ -22,7 +23,6 @@ from bert_classify.data.labels import (
 )
 from bert_classify.errors import ConfigError, DataError
 
-DATA_FORMATS = ("auto", "dbpedia", "csv", "jsonl")
 TEXT_FORMATS = (*DATA_FORMATS, "text")
 DEFAULT_TEXT_COLUMN = "text"
 DEFAULT_LABEL_COLUMN = "label"
