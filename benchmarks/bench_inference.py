@@ -1,6 +1,9 @@
 """Offline inference throughput: our `Classifier.predict` against `transformers.pipeline`, plus ONNX fp32/int8.
 
-Same model, same texts, same batch size and truncation, in one process; the paths take turns on
+Same model, same texts, same batch size and truncation, in one process. Our default precision is
+"auto" (bf16 autocast on CPUs with native bf16, fp32 elsewhere); where it resolves to bf16, our fp32
+path and the pipeline under the same bf16 autocast run too, so that every precision is also compared
+with its equal. The paths take turns on
 chunks of 250 texts so that load from other jobs on a shared machine hits them alike. The ONNX paths report their
 accuracy on the real labels when the model is fine-tuned (--finetuned DIR, or --finetune-rows N to
 fine-tune the MiniLM first with `bert-classify train`); otherwise their agreement with the PyTorch
@@ -31,6 +34,9 @@ from _common import SHARED, write_result  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+TORCH_NAME = "bert-classify predict (torch)"
+PEER_NAME = "transformers.pipeline (fp32, default)"
+PEER_BF16_NAME = "transformers.pipeline (bf16 autocast)"
 DATA_DIR = SHARED / "data" / "dbpedia-10k"
 MODEL_DIR = SHARED / "models" / "minilm-l6-h384-uncased"
 
@@ -126,16 +132,28 @@ def main() -> int:
     fine_tuned = args.finetuned is not None or args.finetune_rows > 0
 
     warmup = texts[:64]
-    ours = Classifier.from_pretrained(model_dir, device="cpu", max_length=args.max_length)
+    ours = Classifier.from_pretrained(model_dir, device="cpu", max_length=args.max_length)  # precision auto
+    ours_fp32 = Classifier.from_pretrained(model_dir, device="cpu", max_length=args.max_length, precision="fp32")
     max_length = ours.max_length  # the pipeline truncates at the same length
     peer = pipeline("text-classification", model=str(model_dir), device="cpu")
     peer_options = {"batch_size": args.batch_size, "truncation": True, "max_length": max_length}
+
+    def peer_bf16(chunk: list[str]) -> list[Any]:
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the same autocast our bf16 path runs
+            return peer(chunk, **peer_options)
+
+    default_name = f"{TORCH_NAME} (default: {ours.precision})"
     runners: dict[str, Any] = {
-        "bert-classify predict (torch)": lambda chunk: [
-            item["label"] for item in ours.predict(chunk, batch_size=args.batch_size)
-        ],
-        "transformers.pipeline": lambda chunk: [item["label"] for item in peer(chunk, **peer_options)],
+        default_name: lambda chunk: [item["label"] for item in ours.predict(chunk, batch_size=args.batch_size)],
+        PEER_NAME: lambda chunk: [item["label"] for item in peer(chunk, **peer_options)],
     }
+    if ours.precision != "fp32":  # the same precision side by side too
+        runners[f"{TORCH_NAME} (fp32)"] = lambda chunk: [
+            item["label"] for item in ours_fp32.predict(chunk, batch_size=args.batch_size)
+        ]
+        runners[PEER_BF16_NAME] = lambda chunk: [item["label"] for item in peer_bf16(chunk)]
+        ours_fp32.predict(warmup, batch_size=args.batch_size)
+        peer_bf16(warmup)
     ours.predict(warmup, batch_size=args.batch_size)
     peer(warmup, **peer_options)
     extras: dict[str, dict[str, Any]] = {}
@@ -167,7 +185,8 @@ def main() -> int:
                     labels_by_path[name].extend(labels)
         print(f"  round {round_number + 1} done, load average {os.getloadavg()[0]:.2f}", flush=True)
 
-    torch_name, peer_name = "bert-classify predict (torch)", "transformers.pipeline"
+    torch_name, peer_name = default_name, PEER_NAME
+    peer_same_precision = PEER_BF16_NAME if PEER_BF16_NAME in runners else PEER_NAME
     total_texts = len(texts) * args.rounds
     results: list[dict[str, Any]] = []
     for name in runners:
@@ -178,6 +197,10 @@ def main() -> int:
             "seconds": round(seconds_by_path[name], 3),
             "texts_per_s": round(total_texts / seconds_by_path[name], 2),
             "ratio_vs_pipeline": round(seconds_by_path[peer_name] / seconds_by_path[name], 3),
+            # against the pipeline at this path's own precision (bf16 paths vs the bf16 pipeline)
+            "ratio_vs_pipeline_same_precision": round(
+                seconds_by_path[peer_same_precision if "bf16" in name else peer_name] / seconds_by_path[name], 3
+            ),
             "ratio_vs_torch": round(seconds_by_path[torch_name] / seconds_by_path[name], 3),
             "agreement_with_torch": round(float((labels_array == np.array(labels_by_path[torch_name])).mean()), 4),
             **extras.get(name, {}),
@@ -187,13 +210,14 @@ def main() -> int:
         results.append(entry)
 
     print()
-    header = f"{'path':<30}{'texts/s':>10}{'vs pipeline':>13}{'accuracy' if fine_tuned else 'agree w/ torch':>16}"
+    header = (f"{'path':<44}{'texts/s':>9}{'vs pipeline':>13}{'same prec.':>12}"
+              f"{'accuracy' if fine_tuned else 'agree w/ torch':>16}")  # fmt: skip
     print(header)
     print("-" * len(header))
     for entry in results:
         quality = entry["accuracy"] if fine_tuned else entry["agreement_with_torch"]
-        print(f"{entry['path']:<30}{entry['texts_per_s']:>10.1f}{entry['ratio_vs_pipeline']:>12.2f}x"
-              f"{quality:>16}")  # fmt: skip
+        print(f"{entry['path']:<44}{entry['texts_per_s']:>9.1f}{entry['ratio_vs_pipeline']:>12.2f}x"
+              f"{entry['ratio_vs_pipeline_same_precision']:>11.2f}x{quality:>16}")  # fmt: skip
     path = write_result(
         "inference",
         {
@@ -208,6 +232,7 @@ def main() -> int:
             "max_length": max_length,
             "onnxruntime": _onnxruntime_version(),
             "torch_threads": torch.get_num_threads(),
+            "default_precision": ours.precision,
             "load_average_at_end": list(os.getloadavg()),
             "results": results,
             "note": "2 shared CPU cores: other developers' jobs ran on them at the same time; "

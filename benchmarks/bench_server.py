@@ -1,8 +1,10 @@
 """Server under load: 32 concurrent clients sending single texts over loopback, batching on vs off.
 
-Starts the real `bert-classify serve` process for each setting (dynamic batching with the defaults,
-then `--max-batch-size 1`), runs the clients (asyncio + httpx, in this process) for a warm-up and a
-measured window, and reports requests/s and p50/p99 latency of the measured window.
+First measures the model alone (no HTTP): texts/s one text per forward pass vs merged batches, the
+ceiling of what batching can gain on this machine. Then starts the real `bert-classify serve`
+process for each setting (dynamic batching with the defaults, then `--max-batch-size 1`), runs the
+clients (asyncio + httpx, in this process) for a warm-up and a measured window, and reports
+requests/s and p50/p99 latency of the measured window.
 
     python benchmarks/bench_server.py                    # 32 clients, 30 s each setting
     python benchmarks/bench_server.py --duration 10 --clients 16
@@ -119,6 +121,35 @@ def run_setting(name: str, flags: list[str], model_dir: Path, texts: list[str], 
     return result
 
 
+def model_only_ceiling(model_dir: Path, texts: list[str], forward_batch_size: int) -> dict[str, Any]:
+    """Texts/s of the model alone (no HTTP), one text per forward pass vs length-sorted passes of
+    `forward_batch_size`, with the server's default precision: the most batching can gain here."""
+    from bert_classify.inference.predictor import Classifier
+
+    classifier = Classifier.from_pretrained(model_dir, device="cpu")
+    classifier.predict_proba(texts[:32], batch_size=forward_batch_size)  # warm-up
+    started = time.perf_counter()
+    for text in texts:
+        classifier.predict_proba([text], batch_size=1)
+    single = len(texts) / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for start in range(0, len(texts), 32):  # merged batches of 32, as the server forms them
+        classifier.predict_proba(texts[start : start + 32], batch_size=forward_batch_size)
+    batched = len(texts) / (time.perf_counter() - started)
+    result = {
+        "precision": classifier.precision,
+        "texts": len(texts),
+        "single_texts_per_s": round(single, 2),
+        "batched_texts_per_s": round(batched, 2),
+        "forward_batch_size": forward_batch_size,
+        "ratio": round(batched / single, 3),
+    }
+    print(f"  model alone ({classifier.precision}): {single:.1f} texts/s one by one, {batched:.1f} texts/s in "
+          f"merged batches of 32 = {batched / single:.2f}x, the ceiling for batching on / off", flush=True)  # fmt: skip
+    del classifier
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="model directory (default: MiniLM + random head)")
@@ -127,6 +158,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before the window")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-batch-delay-ms", type=float, default=5.0)
+    parser.add_argument("--ceiling-texts", type=int, default=400, help="texts for the model-only ceiling")
     args = parser.parse_args()
     if not (MODEL_DIR / "config.json").exists() or not (DATA_DIR / "test.csv").exists():
         print(f"skipped: needs {MODEL_DIR} and {DATA_DIR}", file=sys.stderr)
@@ -139,6 +171,9 @@ def main() -> int:
     scratch = Path(tempfile.mkdtemp(prefix="bench-server-"))
     model_dir = args.model or untrained_classifier_dir(scratch / "minilm-random-head", seed=0)
 
+    from bert_classify.inference.server import CPU_FORWARD_BATCH_SIZE
+
+    ceiling = model_only_ceiling(model_dir, texts[: args.ceiling_texts], CPU_FORWARD_BATCH_SIZE)
     batching_flags = ["--max-batch-size", str(args.max_batch_size), "--max-batch-delay-ms", str(args.max_batch_delay_ms)]
     settings = [("batching on", batching_flags), ("batching off", ["--max-batch-size", "1"])]
     results = [run_setting(name, flags, model_dir, texts, args, scratch) for name, flags in settings]
@@ -162,6 +197,7 @@ def main() -> int:
             "request": "POST /invocations, application/json, one DBpedia test text per request",
             "results": results,
             "ratio_requests_per_s": round(ratio, 3) if ratio else None,
+            "model_only_ceiling": ceiling,
             "load_average_at_end": list(os.getloadavg()),
             "note": "server and clients share the same 2 CPU cores (loopback), which other developers' jobs also "
             "used at the time; see load averages.",

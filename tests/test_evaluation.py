@@ -112,6 +112,7 @@ def test_evaluate_command_end_to_end(tmp_path: Path, tiny_model_dir: Path, tiny_
     code = main([
         "evaluate", "--model", str(tiny_model_dir), "--data", str(tiny_data_dir / "val.csv"),
         "--classes", str(tiny_data_dir / "classes.txt"), "--output-dir", str(output), "--batch-size", "8",
+        "--precision", "fp32",
     ])
     assert code == 0
     printed = capsys.readouterr().out
@@ -121,6 +122,7 @@ def test_evaluate_command_end_to_end(tmp_path: Path, tiny_model_dir: Path, tiny_
     assert confusion.shape == (3, 3) and confusion.sum() == metrics["num_examples"] == 30
     assert metrics["accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum())
     assert list(metrics["per_class"]) == CLASS_NAMES
+    assert metrics["precision"] == "fp32"  # what ran, as asked
     assert [values["support"] for values in metrics["per_class"].values()] == [10, 10, 10]
     assert (output / "report.txt").read_text().splitlines()[2].split()[0] == "Company"
     assert _png_size(output / "confusion_matrix.png")[0] > 300

@@ -31,7 +31,7 @@ def test_export_writes_fp32_and_int8_files(exported_model_dir: Path) -> None:
 
 
 def test_onnx_fp32_matches_torch_on_padded_batches(exported_model_dir: Path) -> None:
-    torch_probabilities = Classifier.from_pretrained(exported_model_dir).predict_proba(TEXTS, batch_size=8)
+    torch_probabilities = Classifier.from_pretrained(exported_model_dir, precision="fp32").predict_proba(TEXTS, batch_size=8)
     onnx_classifier = Classifier.from_pretrained(exported_model_dir, runtime="onnx")
     assert onnx_classifier.runtime == "onnx"
     np.testing.assert_allclose(onnx_classifier.predict_proba(TEXTS, batch_size=8), torch_probabilities, atol=1e-5)
@@ -39,7 +39,7 @@ def test_onnx_fp32_matches_torch_on_padded_batches(exported_model_dir: Path) -> 
 
 
 def test_onnx_int8_stays_close_to_torch(exported_model_dir: Path) -> None:
-    torch_probabilities = Classifier.from_pretrained(exported_model_dir).predict_proba(TEXTS)
+    torch_probabilities = Classifier.from_pretrained(exported_model_dir, precision="fp32").predict_proba(TEXTS)
     int8 = Classifier.from_pretrained(exported_model_dir, runtime="onnx", onnx_file="onnx/model_int8.onnx")
     difference = np.abs(int8.predict_proba(TEXTS) - torch_probabilities).max()
     # Quantised (not the fp32 graph again), yet close. Label agreement on real text is benchmarked:
@@ -54,7 +54,7 @@ def test_predict_command_with_onnx_runtime(exported_model_dir: Path, tmp_path: P
     source.write_text("\n".join(TEXTS[:6]) + "\n", encoding="utf-8")
     assert main(["predict", "--model", str(exported_model_dir), "--input", str(source), "--runtime", "onnx"]) == 0
     labels = [json.loads(line)["label"] for line in capsys.readouterr().out.splitlines()]
-    assert labels == [item["label"] for item in Classifier.from_pretrained(exported_model_dir).predict(TEXTS[:6])]
+    assert labels == [item["label"] for item in Classifier.from_pretrained(exported_model_dir, precision="fp32").predict(TEXTS[:6])]
 
 
 def test_missing_or_broken_onnx_file_is_a_user_error(exported_model_dir: Path, tmp_path: Path) -> None:

@@ -49,7 +49,8 @@ def fitted_model_dir(tiny_model_no_dropout_dir: Path, tmp_path_factory: pytest.T
 
 @pytest.fixture(scope="module")
 def classifier(fitted_model_dir: Path) -> Classifier:
-    return Classifier.from_pretrained(fitted_model_dir)
+    # fp32 forced: these tests compare with plain transformers to 1e-5; "auto" may pick bf16 here.
+    return Classifier.from_pretrained(fitted_model_dir, precision="fp32")
 
 
 TEXTS = [content for _, _, content in make_rows(23, seed=7)] + ["x", "company " * 60]
@@ -114,11 +115,44 @@ def test_bad_arguments_raise_user_errors(classifier: Classifier, texts, kwargs, 
         classifier.predict(texts, **kwargs)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it(
+    classifier: Classifier, fitted_model_dir: Path, monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
+    monkeypatch.setattr("bert_classify.inference.predictor.native_bf16", lambda device: native)
+    auto = Classifier.from_pretrained(fitted_model_dir, precision="auto")
+    assert auto.precision == ("bf16" if native else "fp32")
+    difference = np.abs(auto.predict_proba(TEXTS) - classifier.predict_proba(TEXTS)).max()
+    if native:  # autocast really ran in bf16 (not fp32 again), and stays close to fp32
+        assert 1e-6 < difference < 0.03
+    else:
+        assert difference < 1e-6
+
+
+def test_forced_bf16_stays_close_to_fp32(classifier: Classifier, fitted_model_dir: Path) -> None:
+    bf16 = Classifier.from_pretrained(fitted_model_dir, precision="bf16")
+    assert bf16.precision == "bf16"
+    difference = np.abs(bf16.predict_proba(TEXTS, batch_size=4) - classifier.predict_proba(TEXTS, batch_size=4)).max()
+    assert 1e-6 < difference < 0.03  # label agreement on real text: docs/benchmarks.md
+
+
+def test_native_bf16_is_false_off_cpu_and_cuda() -> None:
+    from bert_classify.inference.predictor import native_bf16, resolve_precision
+
+    assert native_bf16("mps") is False
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+    assert resolve_precision("auto", "cpu") in ("fp32", "bf16")
+
+
 def test_not_a_model_directory(tmp_path: Path) -> None:
     with pytest.raises(BertClassifyError, match="no config.json"):
         Classifier.from_pretrained(tmp_path)
     with pytest.raises(BertClassifyError, match="--runtime"):
         Classifier.from_pretrained(tmp_path, runtime="tensorrt")
+    with pytest.raises(BertClassifyError, match="--precision: 'fp16' is not one of auto, fp32, bf16"):
+        Classifier.from_pretrained(tmp_path, precision="fp16")
+    with pytest.raises(BertClassifyError, match="--precision bf16 applies to --runtime torch"):
+        Classifier.from_pretrained(tmp_path, runtime="onnx", precision="bf16")
 
 
 def test_loads_from_a_model_archive(classifier: Classifier, fitted_model_dir: Path, tmp_path: Path) -> None:
@@ -126,7 +160,7 @@ def test_loads_from_a_model_archive(classifier: Classifier, fitted_model_dir: Pa
     with tarfile.open(archive, "w:gz") as tar:
         for path in fitted_model_dir.iterdir():
             tar.add(path, arcname=path.name)
-    from_archive = Classifier.from_pretrained(archive)
+    from_archive = Classifier.from_pretrained(archive, precision="fp32")
     np.testing.assert_allclose(from_archive.predict_proba(TEXTS), classifier.predict_proba(TEXTS), atol=1e-6)
 
 
@@ -137,7 +171,7 @@ def test_predict_command_writes_one_line_per_text_in_order(
     source.write_text("\n".join(TEXTS[:10]) + "\n", encoding="utf-8")
     output = tmp_path / "out" / "predictions.jsonl"
     code = main(["predict", "--model", str(fitted_model_dir), "--input", str(source), "--output", str(output),
-                 "--top-k", "2", "--batch-size", "3"])
+                 "--top-k", "2", "--batch-size", "3", "--precision", "fp32"])
     assert code == 0
     lines = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
     assert [line["label"] for line in lines] == [item["label"] for item in classifier.predict(TEXTS[:10])]
@@ -152,7 +186,7 @@ def test_predict_command_reads_jsonl_from_stdin(
     records = "".join(json.dumps({"body": text}) + "\n" for text in TEXTS[:5])
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(records.encode("utf-8")), encoding="utf-8"))
     code = main(["predict", "--model", str(fitted_model_dir), "--input", "-", "--data-format", "jsonl",
-                 "--text-column", "body"])
+                 "--text-column", "body", "--precision", "fp32"])
     assert code == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["label"] for line in lines] == [item["label"] for item in classifier.predict(TEXTS[:5])]

@@ -68,14 +68,16 @@ print(content_type)
 print(body.decode())
 """
     environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    environment["BERT_CLASSIFY_PRECISION"] = "fp32"  # the handler's setting, compared with fp32 below
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, env=environment, timeout=300, cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
     content_type, body = result.stdout.strip().split("\n", 1)
     assert content_type == "application/json"
-    expected = Classifier.from_pretrained(model_dir).predict(TEXTS)
+    expected = Classifier.from_pretrained(model_dir, precision="fp32").predict(TEXTS)
     assert [item["label"] for item in json.loads(body)] == [item["label"] for item in expected]
+    assert [item["score"] for item in json.loads(body)] == pytest.approx([item["score"] for item in expected], abs=1e-5)
 
 
 def test_write_inference_code_into_a_training_output(model_dir: Path, tmp_path: Path) -> None:

@@ -93,7 +93,8 @@ def model_dir(tiny_model_no_dropout_dir: Path, tmp_path_factory: pytest.TempPath
 
 @pytest.fixture(scope="module")
 def expected(model_dir: Path) -> dict[str, dict]:
-    classifier = Classifier.from_pretrained(model_dir)
+    # fp32 on both sides (the server runs --precision fp32): scores compare to 1e-5 across batchings.
+    classifier = Classifier.from_pretrained(model_dir, precision="fp32")
     predictions = classifier.predict(TEXTS)
     assert len({item["label"] for item in predictions}) > 1, "the test model must tell texts apart"
     return dict(zip(TEXTS, predictions))
@@ -105,7 +106,7 @@ def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     process = ServerProcess(
         model_dir, log_path,
         "--max-batch-size", "64", "--max-batch-delay-ms", "50",
-        "--max-texts-per-request", "8", "--max-body-bytes", "4096",
+        "--max-texts-per-request", "8", "--max-body-bytes", "4096", "--precision", "fp32",
     )  # fmt: skip
     yield process
     assert process.stop() == 0, process.log()
@@ -218,6 +219,7 @@ def test_every_request_writes_a_structured_access_line(server) -> None:
     assert all({"time", "status", "texts", "latency_ms"} <= set(line) for line in lines)
     metrics = server.metrics()
     assert metrics["responses_by_status"]["404"] >= 1
+    assert metrics["config"]["precision"] == "fp32" and metrics["config"]["runtime"] == "torch"
 
 
 def test_no_client_mistake_produced_a_500(server) -> None:
@@ -228,7 +230,7 @@ def test_no_client_mistake_produced_a_500(server) -> None:
 @pytest.mark.slow
 def test_sigterm_finishes_in_flight_requests_then_exits(model_dir, expected, tmp_path: Path) -> None:
     # A long batching delay keeps the request in flight when SIGTERM arrives.
-    server = ServerProcess(model_dir, tmp_path / "server.log", "--max-batch-delay-ms", "1500")
+    server = ServerProcess(model_dir, tmp_path / "server.log", "--max-batch-delay-ms", "1500", "--precision", "fp32")
     result: dict = {}
 
     def send() -> None:

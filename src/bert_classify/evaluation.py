@@ -162,18 +162,20 @@ def evaluate_model(
     batch_size: int = 64,
     max_seq_len: int | None = None,
     reader: str | None = None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Run a saved model over labelled data; write metrics.json, report.txt and confusion_matrix.png.
 
     Labels are read with the model's class names (config.id2label). `classes` (a classes.txt) is a
     check: it must list the model's classes in the model's order, else DataError saying which
-    differ. `reader` ('package.module:ClassName') reads the data with a plug-in instead. Returns the
-    metrics dict (plus "model" and "data").
+    differ. `reader` ('package.module:ClassName') reads the data with a plug-in instead. `precision`
+    as for `Classifier.from_pretrained` (what predict/serve run). Returns the metrics dict (plus
+    "model", "data" and "precision").
     """
     from bert_classify.data import load_labeled_data, read_class_names
     from bert_classify.inference.predictor import Classifier
 
-    classifier = Classifier.from_pretrained(model_dir, max_length=max_seq_len)
+    classifier = Classifier.from_pretrained(model_dir, max_length=max_seq_len, precision=precision)
     model_classes = list(classifier.class_names)
     if classes is not None:
         _check_same_classes(read_class_names(classes), model_classes, os.fspath(classes), os.fspath(model_dir))
@@ -188,6 +190,7 @@ def evaluate_model(
     probabilities = classifier.predict_proba(data.texts, batch_size=batch_size)
     metrics = classification_metrics(data.labels, probabilities.argmax(axis=1).tolist(), model_classes)
     metrics["model"] = os.fspath(model_dir)
+    metrics["precision"] = classifier.precision
     metrics["data"] = data.source
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bert_classify.data import DATA_FORMATS
 from bert_classify.errors import ConfigError
+from bert_classify.inference.predictor import INFERENCE_PRECISIONS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,6 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--reader", help="plug-in reader 'package.module:ClassName' yielding (text, label) records")
     parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default: 64)")
     parser.add_argument("--max-seq-len", type=int, help="truncate inputs to this many tokens (default: the model's limit)")
+    parser.add_argument(
+        "--precision",
+        choices=INFERENCE_PRECISIONS,
+        default="auto",
+        help="as for predict: auto = bf16 autocast where the device has native bf16, else fp32 (default: auto)",
+    )
     parser.add_argument("--output-dir", required=True, help="where metrics.json, report.txt and confusion_matrix.png go")
     parser.set_defaults(func=run)
 
@@ -49,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_seq_len=args.max_seq_len,
         reader=args.reader,
+        precision=args.precision,
     )
     output = Path(args.output_dir)
     print(f"examples: {metrics['num_examples']}")

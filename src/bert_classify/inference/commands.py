@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import IO
 
 from bert_classify.inference.codec import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TEXTS
-from bert_classify.inference.predictor import DEFAULT_BATCH_SIZE, DEFAULT_ONNX_FILE, RUNTIMES
+from bert_classify.inference.predictor import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_ONNX_FILE,
+    INFERENCE_PRECISIONS,
+    RUNTIMES,
+)
 
 # Where SageMaker hosting extracts model.tar.gz; the default model of `serve` in a container.
 SAGEMAKER_MODEL_DIR = "/opt/ml/model"
@@ -40,6 +45,13 @@ def _add_model_options(parser: argparse.ArgumentParser, *, model_required: bool 
     )
     model.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present, else cpu)")
     model.add_argument(
+        "--precision",
+        choices=INFERENCE_PRECISIONS,
+        default="auto",
+        help="torch runtime: auto = bf16 autocast where the device has native bf16 (bf16 GPUs, CPUs with "
+        "AVX512-BF16/AMX), else fp32 (default: auto)",
+    )
+    model.add_argument(
         "--max-length", type=int, default=None, help="truncate texts to this many tokens (default: the model's limit)"
     )
 
@@ -48,7 +60,12 @@ def _load(args: argparse.Namespace):  # -> Classifier; import kept lazy so that 
     from bert_classify.inference.predictor import Classifier
 
     return Classifier.from_pretrained(
-        args.model, args.device, runtime=args.runtime, onnx_file=args.onnx_file, max_length=args.max_length
+        args.model,
+        args.device,
+        runtime=args.runtime,
+        onnx_file=args.onnx_file,
+        max_length=args.max_length,
+        precision=args.precision,
     )
 
 

@@ -4,6 +4,7 @@ The SageMaker PyTorch inference container imports these through `code/inference.
 `bert-classify package`). Client mistakes become the toolkit's 4xx errors, never a 500.
 
 Environment: BERT_CLASSIFY_RUNTIME (torch|onnx, default torch), BERT_CLASSIFY_ONNX_FILE,
+BERT_CLASSIFY_PRECISION (auto|fp32|bf16, default auto),
 BERT_CLASSIFY_MAX_TEXTS (per request, default 1000), BERT_CLASSIFY_MAX_BODY_BYTES (default 6 MB),
 BERT_CLASSIFY_BATCH_SIZE (default 32).
 """
@@ -65,6 +66,7 @@ def model_fn(model_dir: str, context: Any = None) -> Classifier:
         model_dir,
         runtime=os.environ.get("BERT_CLASSIFY_RUNTIME", "torch"),
         onnx_file=os.environ.get("BERT_CLASSIFY_ONNX_FILE") or None,
+        precision=os.environ.get("BERT_CLASSIFY_PRECISION", "auto"),
     )
 
 

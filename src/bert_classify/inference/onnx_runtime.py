@@ -83,7 +83,7 @@ def export_onnx(model_dir: Path, output_dir: Path | None = None, *, quantize: bo
 
     model_dir = Path(model_dir)
     output_dir = Path(output_dir) if output_dir is not None else model_dir / ONNX_DIR
-    classifier = Classifier.from_pretrained(model_dir, device="cpu")
+    classifier = Classifier.from_pretrained(model_dir, device="cpu", precision="fp32")
     model = classifier.backend.model  # type: ignore[attr-defined]
     # Eager attention traces to plain MatMul/Softmax with the padding mask kept as a graph input.
     if hasattr(model, "set_attn_implementation"):

@@ -1,12 +1,14 @@
 """`Classifier`: load a sequence-classification model directory and predict labels for texts.
 
 Texts are tokenised once, sorted by length into batches (little padding) and the results put back
-in input order. Runs on PyTorch (GPU when present) or on an exported ONNX model (`runtime="onnx"`).
+in input order. Runs on PyTorch (GPU when present; bf16 autocast where the hardware has native bf16,
+fp32 elsewhere) or on an exported ONNX model (`runtime="onnx"`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Sequence
@@ -18,6 +20,9 @@ import numpy as np
 from bert_classify.errors import BertClassifyError, ConfigError
 
 RUNTIMES = ("torch", "onnx")
+# Numeric precision of the torch runtime. auto: bf16 autocast where the hardware computes bf16
+# natively (CUDA GPUs with bf16; CPUs with AVX512-BF16 or AMX-BF16), else fp32.
+INFERENCE_PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_BATCH_SIZE = 32
 # The file `export-onnx` writes inside the model directory, and the one `--runtime onnx` loads.
 DEFAULT_ONNX_FILE = "onnx/model.onnx"
@@ -28,16 +33,15 @@ class _Backend(Protocol):
 
 
 class _TorchBackend:
-    """A transformers model in eval mode; fp32 on CPU, bf16 autocast on GPUs that support it."""
+    """A transformers model in eval mode: fp32 weights, with bf16 autocast when `precision` is bf16."""
 
-    def __init__(self, model: Any, device: str) -> None:
+    def __init__(self, model: Any, device: str, precision: str = "fp32") -> None:
         import torch
 
         self.model = model
         self.device = torch.device(device)
-        self.autocast_dtype = None
-        if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
-            self.autocast_dtype = torch.bfloat16
+        self.precision = precision
+        self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
 
     def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         import torch
@@ -53,6 +57,36 @@ class _TorchBackend:
             with autocast:
                 output = self.model(input_ids=ids, attention_mask=mask).logits
             return output.float().cpu().numpy()
+
+
+def native_bf16(device: str) -> bool:
+    """Whether `device` computes bf16 matrix products in hardware (so bf16 autocast is faster, not emulated)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device != "cpu":
+        return False
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if all(probe is not None for probe in probes):  # private torch helpers; /proc/cpuinfo without them
+        try:
+            return any(bool(probe()) for probe in probes)  # type: ignore[misc]
+        except Exception:  # pragma: no cover - depends on the torch build
+            pass
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace").split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """"auto" -> "bf16" where the device has native bf16, else "fp32"; "fp32"/"bf16" pass through."""
+    if precision not in INFERENCE_PRECISIONS:
+        raise ConfigError(f"--precision: '{precision}' is not one of {', '.join(INFERENCE_PRECISIONS)}.")
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
 
 
 def _default_device() -> str:
@@ -90,6 +124,7 @@ class Classifier:
         multi_label: bool = False,
         runtime: str = "torch",
         device: str = "cpu",
+        precision: str = "fp32",
     ) -> None:
         self.backend = backend
         self.tokenizer = tokenizer
@@ -98,6 +133,7 @@ class Classifier:
         self.multi_label = multi_label
         self.runtime = runtime
         self.device = device
+        self.precision = precision  # what runs: "fp32", "bf16" (torch autocast) or the ONNX file's own
         self.pad_token_id = int(tokenizer.pad_token_id)
         self.pad_left = getattr(tokenizer, "padding_side", "right") == "left"
 
@@ -111,6 +147,7 @@ class Classifier:
         runtime: str = "torch",
         onnx_file: str | os.PathLike[str] | None = None,
         max_length: int | None = None,
+        precision: str = "auto",
     ) -> Classifier:
         """Load a `save_pretrained` directory (or a `model.tar.gz` built by `bert-classify package`).
 
@@ -118,9 +155,18 @@ class Classifier:
         `onnx` extra and a file written by `bert-classify export-onnx`; `onnx_file` is relative to
         the model directory unless absolute, default `onnx/model.onnx`). `max_length`: truncate
         inputs to this many tokens (default: the tokenizer's limit, capped by the model's positions).
+        `precision` (torch runtime): "auto" runs bf16 autocast where the device computes bf16 natively
+        (bf16 GPUs; CPUs with AVX512-BF16/AMX), else fp32; "fp32" or "bf16" forces one.
         """
         if runtime not in RUNTIMES:
             raise ConfigError(f"--runtime: '{runtime}' is not one of {', '.join(RUNTIMES)}.")
+        if precision not in INFERENCE_PRECISIONS:
+            raise ConfigError(f"--precision: '{precision}' is not one of {', '.join(INFERENCE_PRECISIONS)}.")
+        if runtime == "onnx" and precision == "bf16":
+            raise ConfigError(
+                "--precision bf16 applies to --runtime torch; an ONNX file runs at the precision it was exported "
+                "with (fp32, or int8 with `export-onnx --quantize`)."
+            )
         path = Path(model_dir)
         if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
             from bert_classify.inference.package import extract_archive
@@ -128,7 +174,7 @@ class Classifier:
             with tempfile.TemporaryDirectory(prefix="bert-classify-model-") as extracted:
                 extract_archive(path, Path(extracted))
                 return cls.from_pretrained(
-                    extracted, device, runtime=runtime, onnx_file=onnx_file, max_length=max_length
+                    extracted, device, runtime=runtime, onnx_file=onnx_file, max_length=max_length, precision=precision
                 )
         if not (path / "config.json").is_file():
             raise ConfigError(
@@ -156,9 +202,17 @@ class Classifier:
                 onnx_path = path / onnx_path
             backend: _Backend = OnnxBackend(onnx_path, device=device)
             device_name = backend.device  # type: ignore[attr-defined]
+            resolved = "onnx"  # the ONNX file's own (fp32 or int8)
         else:
             device_name = device or _default_device()
-            backend = _TorchBackend(_load_torch_model(path, device_name), device_name)
+            model = _load_torch_model(path, device_name)
+            resolved = resolve_precision(precision, device_name)
+            if resolved == "bf16" and not native_bf16(device_name):
+                logging.getLogger(__name__).warning(
+                    "--precision bf16 on %s: this device has no native bf16, so it is emulated and slower than fp32.",
+                    device_name,
+                )
+            backend = _TorchBackend(model, device_name, resolved)
         return cls(
             backend,
             tokenizer,
@@ -167,6 +221,7 @@ class Classifier:
             multi_label=multi_label,
             runtime=runtime,
             device=device_name,
+            precision=resolved,
         )
 
     # ------------------------------------------------------------------------------ prediction
@@ -242,7 +297,7 @@ def _load_torch_model(path: Path, device: str) -> Any:
             f"({type(error).__name__}: {str(error).splitlines()[0]})."
         ) from None
     try:
-        model.float().to(device)  # fp32 weights; a GPU adds bf16 autocast on top
+        model.float().to(device)  # fp32 weights; bf16 precision adds autocast on top
     except (RuntimeError, AssertionError) as error:
         raise ConfigError(f"--device: '{device}' is not usable here ({error}).") from None
     return model.eval()

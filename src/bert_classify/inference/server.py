@@ -123,6 +123,7 @@ def create_app(classifier: Classifier, config: ServerConfig | None = None) -> An
                     "request_timeout_s": config.request_timeout_s,
                     "runtime": classifier.runtime,
                     "device": classifier.device,
+                    "precision": classifier.precision,
                 },
             },
         )
@@ -287,6 +288,7 @@ def serve(
                 "port": port,
                 "runtime": classifier.runtime,
                 "device": classifier.device,
+                "precision": classifier.precision,
                 "classes": len(classifier.class_names),
                 "max_batch_size": config.max_batch_size,
                 "max_batch_delay_ms": config.max_batch_delay_ms,
