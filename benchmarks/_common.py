@@ -17,6 +17,8 @@ from typing import Any
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
+# Taken when the script imports this module, i.e. when it starts (machine_info runs at the end).
+LOAD_AVERAGE_AT_START = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
 
 def _cpu_model() -> str:
@@ -36,6 +38,15 @@ def _version(module: str) -> str | None:
         return None
 
 
+def _native_bf16() -> bool | None:
+    try:
+        from bert_classify.inference.predictor import native_bf16
+
+        return native_bf16("cpu")
+    except Exception:
+        return None
+
+
 def machine_info() -> dict[str, Any]:
     """CPU model, usable cores, load average, Python and library versions."""
     import torch
@@ -45,7 +56,9 @@ def machine_info() -> dict[str, Any]:
         "cpu": _cpu_model(),
         "cores": cores,
         "torch_threads": torch.get_num_threads(),
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "load_average_at_start": LOAD_AVERAGE_AT_START,
+        "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "native_bf16": _native_bf16(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "platform": platform.platform(),
         "python": platform.python_version(),

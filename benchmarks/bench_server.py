@@ -48,7 +48,17 @@ def start_server(model_dir: Path, log_path: Path, flags: list[str]) -> tuple[sub
     import httpx
 
     port = free_port()
-    command = [sys.executable, "-m", "bert_classify", "serve", "--model", str(model_dir), "--port", str(port), *flags]
+    command = [
+        sys.executable,
+        "-m",
+        "bert_classify",
+        "serve",
+        "--model",
+        str(model_dir),
+        "--port",
+        str(port),
+        *flags,
+    ]
     print("  starting:", " ".join(command[1:]), flush=True)
     process = subprocess.Popen(command, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -66,7 +76,9 @@ def start_server(model_dir: Path, log_path: Path, flags: list[str]) -> tuple[sub
     raise SystemExit("server did not start")
 
 
-async def load(url: str, texts: list[str], clients: int, warmup_s: float, duration_s: float) -> dict[str, Any]:
+async def load(
+    url: str, texts: list[str], clients: int, warmup_s: float, duration_s: float
+) -> dict[str, Any]:
     import httpx
 
     started = time.monotonic()
@@ -74,9 +86,10 @@ async def load(url: str, texts: list[str], clients: int, warmup_s: float, durati
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     wrong = 0
+    answered = 0  # warm-up included, for CPU per request
 
     async def client(number: int, http: httpx.AsyncClient) -> None:
-        nonlocal wrong
+        nonlocal wrong, answered
         index = number
         while time.monotonic() < measure_to:
             text = texts[index % len(texts)]
@@ -84,6 +97,7 @@ async def load(url: str, texts: list[str], clients: int, warmup_s: float, durati
             sent = time.monotonic()
             response = await http.post("/invocations", json={"inputs": [text]})
             done = time.monotonic()
+            answered += 1
             if measure_from <= done <= measure_to:  # answered inside the measured window
                 latencies.append(done - sent)
                 statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
@@ -101,7 +115,14 @@ async def load(url: str, texts: list[str], clients: int, warmup_s: float, durati
         "p99_ms": round(float(np.percentile(values, 99)) * 1000, 1) if len(values) else None,
         "statuses": statuses,
         "malformed_answers": wrong,
+        "all_requests": answered,
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_setting(name: str, flags: list[str], model_dir: Path, texts: list[str], args: argparse.Namespace,
@@ -110,23 +131,38 @@ def run_setting(name: str, flags: list[str], model_dir: Path, texts: list[str], 
 
     process, url = start_server(model_dir, scratch / f"{name.replace(' ', '-')}.log", flags)
     try:
+        server_cpu, client_cpu, wall = cpu_seconds(process.pid), time.process_time(), time.monotonic()
         result = asyncio.run(load(url, texts, args.clients, args.warmup, args.duration))
+        server_cpu, client_cpu = cpu_seconds(process.pid) - server_cpu, time.process_time() - client_cpu
+        wall = time.monotonic() - wall
+        # Where the 2 cores went: the server process (model + HTTP) and this client process.
+        result["cpu"] = {
+            "wall_s": round(wall, 2),
+            "server_cpu_s": round(server_cpu, 2),
+            "client_cpu_s": round(client_cpu, 2),
+            "client_cpu_ms_per_request": round(1000 * client_cpu / max(1, result["all_requests"]), 2),
+            "server_cpu_ms_per_request": round(1000 * server_cpu / max(1, result["all_requests"]), 2),
+        }
         result["server_batching"] = httpx.get(url + "/metrics", timeout=10).json()["batching"]
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=120)
     result = {"setting": name, "server_flags": flags, **result}
     print(f"  {name}: {result['requests_per_s']} req/s, p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
-          f"mean batch {result['server_batching']['mean_batch_requests']} requests", flush=True)  # fmt: skip
+          f"mean batch {result['server_batching']['mean_batch_requests']} requests; CPU ms per request: server "
+          f"{result['cpu']['server_cpu_ms_per_request']}, client {result['cpu']['client_cpu_ms_per_request']}",
+          flush=True)  # fmt: skip
     return result
 
 
-def model_only_ceiling(model_dir: Path, texts: list[str], forward_batch_size: int) -> dict[str, Any]:
+def model_only_ceiling(
+    model_dir: Path, texts: list[str], forward_batch_size: int, precision: str
+) -> dict[str, Any]:
     """Texts/s of the model alone (no HTTP), one text per forward pass vs length-sorted passes of
     `forward_batch_size`, with the server's default precision: the most batching can gain here."""
     from bert_classify.inference.predictor import Classifier
 
-    classifier = Classifier.from_pretrained(model_dir, device="cpu")
+    classifier = Classifier.from_pretrained(model_dir, device="cpu", precision=precision)
     classifier.predict_proba(texts[:32], batch_size=forward_batch_size)  # warm-up
     started = time.perf_counter()
     for text in texts:
@@ -151,13 +187,21 @@ def model_only_ceiling(model_dir: Path, texts: list[str], forward_batch_size: in
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=None, help="model directory (default: MiniLM + random head)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", type=Path, default=None, help="model directory (default: MiniLM + random head)"
+    )
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--duration", type=float, default=30.0, help="measured seconds per setting")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before the window")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-batch-delay-ms", type=float, default=5.0)
+    parser.add_argument(
+        "--forward-batch-size", type=int, default=None, help="passed to serve (default: its own)"
+    )
+    parser.add_argument("--precision", default="auto", help="passed to serve and the ceiling (default: auto)")
     parser.add_argument("--ceiling-texts", type=int, default=400, help="texts for the model-only ceiling")
     args = parser.parse_args()
     if not (MODEL_DIR / "config.json").exists() or not (DATA_DIR / "test.csv").exists():
@@ -173,11 +217,29 @@ def main() -> int:
 
     from bert_classify.inference.server import CPU_FORWARD_BATCH_SIZE
 
-    ceiling = model_only_ceiling(model_dir, texts[: args.ceiling_texts], CPU_FORWARD_BATCH_SIZE)
-    batching_flags = ["--max-batch-size", str(args.max_batch_size), "--max-batch-delay-ms", str(args.max_batch_delay_ms)]
-    settings = [("batching on", batching_flags), ("batching off", ["--max-batch-size", "1"])]
+    ceiling = model_only_ceiling(
+        model_dir,
+        texts[: args.ceiling_texts],
+        args.forward_batch_size or CPU_FORWARD_BATCH_SIZE,
+        args.precision,
+    )
+    batching_flags = [
+        "--max-batch-size",
+        str(args.max_batch_size),
+        "--max-batch-delay-ms",
+        str(args.max_batch_delay_ms),
+    ]
+    if args.forward_batch_size:
+        batching_flags += ["--forward-batch-size", str(args.forward_batch_size)]
+    common = ["--precision", args.precision]
+    settings = [
+        ("batching on", batching_flags + common),
+        ("batching off", ["--max-batch-size", "1", *common]),
+    ]
     results = [run_setting(name, flags, model_dir, texts, args, scratch) for name, flags in settings]
-    ratio = results[0]["requests_per_s"] / results[1]["requests_per_s"] if results[1]["requests_per_s"] else None
+    ratio = (
+        results[0]["requests_per_s"] / results[1]["requests_per_s"] if results[1]["requests_per_s"] else None
+    )
 
     print()
     header = f"{'setting':<16}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'mean batch':>12}"
@@ -188,10 +250,11 @@ def main() -> int:
               f"{entry['p99_ms'] or 0:>9.1f}{entry['server_batching']['mean_batch_requests']:>12}")  # fmt: skip
     print(f"batching on / off: {ratio:.2f}x requests/s" if ratio else "")
     path = write_result(
-        "server",
+        "server" if args.precision == "auto" else f"server_{args.precision}",
         {
             "model": str(args.model) if args.model else "MiniLM encoder with a random 14-class head",
             "clients": args.clients,
+            "precision": ceiling["precision"],
             "duration_s": args.duration,
             "warmup_s": args.warmup,
             "request": "POST /invocations, application/json, one DBpedia test text per request",
