@@ -53,3 +53,39 @@ def test_checkpoint_without_manifest_is_not_used(tmp_path: Path) -> None:
 
 def test_no_checkpoint_at_all(tmp_path: Path) -> None:
     assert ckpt.find_latest_checkpoint(tmp_path / "missing") is None
+
+
+def _write_with_best(directory: Path, step: int, best: bytes | ckpt.Reuse, keep: int = 5) -> Path:
+    files = {
+        ckpt.MODEL_FILE: ckpt.tensors_to_bytes({"weight": torch.full((3,), float(step))}),
+        ckpt.BEST_MODEL_FILE: best,
+        ckpt.STATE_FILE: b'{"step": %d}' % step,
+    }
+    return ckpt.write_checkpoint(directory, step, files, keep=keep)
+
+
+def test_unchanged_best_weights_are_linked_not_written_again(tmp_path: Path) -> None:
+    best = ckpt.tensors_to_bytes({"weight": torch.arange(1000.0)})
+    first = _write_with_best(tmp_path, 1, best)
+    second = _write_with_best(tmp_path, 2, ckpt.Reuse(first / ckpt.BEST_MODEL_FILE), keep=1)  # prunes the first
+    assert not first.exists()
+    assert ckpt.verify_checkpoint(second) is None  # the carried manifest entry still checks the bytes
+    assert (second / ckpt.BEST_MODEL_FILE).stat().st_nlink == 1  # the link outlived its first directory
+    assert torch.equal(ckpt.read_tensors(second / ckpt.BEST_MODEL_FILE)["weight"], torch.arange(1000.0))
+    third = _write_with_best(tmp_path, 3, ckpt.Reuse(second / ckpt.BEST_MODEL_FILE))
+    assert (third / ckpt.BEST_MODEL_FILE).stat().st_ino == (second / ckpt.BEST_MODEL_FILE).stat().st_ino
+
+
+def test_reuse_copies_where_hard_links_fail(tmp_path: Path, monkeypatch) -> None:
+    first = _write_with_best(tmp_path, 1, ckpt.tensors_to_bytes({"weight": torch.ones(10)}))
+
+    def no_links(source, target):
+        raise OSError("hard links not supported")
+
+    monkeypatch.setattr(ckpt.os, "link", no_links)
+    second = _write_with_best(tmp_path, 2, ckpt.Reuse(first / ckpt.BEST_MODEL_FILE))
+    assert (second / ckpt.BEST_MODEL_FILE).stat().st_ino != (first / ckpt.BEST_MODEL_FILE).stat().st_ino
+    assert ckpt.verify_checkpoint(second) is None
+    # A copy that no longer matches would be caught like any corrupt file.
+    (first / ckpt.BEST_MODEL_FILE).write_bytes(b"x" * 10)
+    assert "best_model.safetensors" in (ckpt.verify_checkpoint(first) or "")

@@ -214,3 +214,24 @@ def test_mixed_precision_runs_on_cpu(tiny_data_dir: Path, tiny_model_dir: Path, 
     assert resolved["precision"] == precision
     weights = load_file(tmp_path / "out" / "model.safetensors")
     assert all(tensor.dtype == torch.float32 for tensor in weights.values())  # master weights stay fp32
+
+
+def test_checkpoints_link_best_weights_until_a_new_best(tiny_data_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    train(_config(tiny_data_dir, tiny_model_dir, tmp_path / "out", checkpoint_dir=str(checkpoints), max_steps=6,
+                  eval_every_steps=3, checkpoint_every_steps=1, keep_checkpoints=10))  # fmt: skip
+    from bert_classify.training import checkpoint as ckpt
+
+    paths = sorted(checkpoints.glob("step-*"))
+    assert len(paths) >= 6 and all(ckpt.verify_checkpoint(path) is None for path in paths)
+    with_best = [path for path in paths if (path / ckpt.BEST_MODEL_FILE).exists()]
+    linked = 0
+    for older, newer in zip(with_best, with_best[1:]):
+        same_best = (
+            json.loads((older / ckpt.STATE_FILE).read_text())["progress"]["best_step"]
+            == json.loads((newer / ckpt.STATE_FILE).read_text())["progress"]["best_step"]
+        )
+        same_file = (older / ckpt.BEST_MODEL_FILE).stat().st_ino == (newer / ckpt.BEST_MODEL_FILE).stat().st_ino
+        assert same_file == same_best, (older.name, newer.name)
+        linked += same_file
+    assert linked >= 2

@@ -41,6 +41,17 @@ class FoundCheckpoint:
     skipped: list[str]  # human-readable reasons newer checkpoints were not used
 
 
+@dataclass(frozen=True)
+class Reuse:
+    """A file to take unchanged from an earlier complete checkpoint (hard-linked, else copied).
+
+    Best-model weights often stay the same across many checkpoints: linking them saves writing and
+    storing the same bytes again. The entry (size, SHA-256) comes from the source's manifest.
+    """
+
+    source: Path
+
+
 def checkpoint_name(step: int) -> str:
     return f"{CHECKPOINT_PREFIX}{step:08d}"
 
@@ -68,8 +79,12 @@ def state_dict_to_bytes(state: Any) -> bytes:
     return buffer.getvalue()
 
 
-def write_checkpoint(directory: Path, step: int, files: dict[str, bytes], keep: int) -> Path:
-    """Atomically write `files` as checkpoint `step`, then prune to the newest `keep` complete ones."""
+def write_checkpoint(directory: Path, step: int, files: dict[str, bytes | Reuse], keep: int) -> Path:
+    """Atomically write `files` as checkpoint `step`, then prune to the newest `keep` complete ones.
+
+    A `Reuse` value links (or, where links are impossible, copies) that file from an earlier
+    checkpoint; its manifest entry is carried over, so verification still checks its bytes.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / checkpoint_name(step)
     if final.exists() and verify_checkpoint(final) is None:
@@ -78,6 +93,9 @@ def write_checkpoint(directory: Path, step: int, files: dict[str, bytes], keep: 
     temporary.mkdir()
     manifest: dict[str, Any] = {"format_version": FORMAT_VERSION, "step": step, "files": {}}
     for name, payload in files.items():
+        if isinstance(payload, Reuse):
+            manifest["files"][name] = _reuse_file(payload.source, temporary / name)
+            continue
         with open(temporary / name, "wb") as handle:
             handle.write(payload)
             handle.flush()
@@ -94,6 +112,20 @@ def write_checkpoint(directory: Path, step: int, files: dict[str, bytes], keep: 
     _fsync_directory(directory)
     prune_checkpoints(directory, keep)
     return final
+
+
+def _reuse_file(source: Path, target: Path) -> dict[str, Any]:
+    """Link `source` (a file of a complete checkpoint) to `target`; its manifest entry, from the source's manifest."""
+    entry = json.loads((source.parent / MANIFEST_FILE).read_text(encoding="utf-8"))["files"][source.name]
+    try:
+        os.link(source, target)
+    except OSError:  # a file system without hard links: copy (still no re-serialising)
+        shutil.copyfile(source, target)
+        with open(target, "rb+") as handle:
+            os.fsync(handle.fileno())
+    if target.stat().st_size != entry["size"]:
+        raise OSError(f"{source} changed size since its checkpoint was written")
+    return dict(entry)
 
 
 def verify_checkpoint(path: Path) -> str | None:

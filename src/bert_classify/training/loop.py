@@ -138,6 +138,8 @@ class Trainer:
         self.state = TrainingState()
         self.resumed_from_step: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
+        # The newest checkpoint file holding exactly best_state: later checkpoints link it.
+        self.best_state_file: Path | None = None
         self.last_checkpoint_step: int | None = None
         self.faults = faults if faults is not None else FaultPlan.from_environment()
 
@@ -332,6 +334,7 @@ class Trainer:
             self.scaler.load_state_dict(training_state["scaler"])
         if (path / ckpt.BEST_MODEL_FILE).exists():
             self.best_state = ckpt.read_tensors(path / ckpt.BEST_MODEL_FILE)
+            self.best_state_file = path / ckpt.BEST_MODEL_FILE
         _restore_rng(saved["rng"], training_state)
         self.state = TrainingState(**saved["progress"])
         self.last_checkpoint_step = self.state.global_step
@@ -372,8 +375,15 @@ class Trainer:
                 ckpt.STATE_FILE: json.dumps(metadata, indent=1, default=float).encode("utf-8"),
             }
             if self.best_state is not None:
-                files[ckpt.BEST_MODEL_FILE] = ckpt.tensors_to_bytes(self.best_state)
+                unchanged = self.best_state_file is not None and self.best_state_file.is_file()
+                files[ckpt.BEST_MODEL_FILE] = (
+                    ckpt.Reuse(self.best_state_file)  # type: ignore[arg-type]
+                    if unchanged
+                    else ckpt.tensors_to_bytes(self.best_state)
+                )
             path = ckpt.write_checkpoint(self.checkpoint_dir, self.state.global_step, files, self.config.keep_checkpoints)
+            if self.best_state is not None:
+                self.best_state_file = path / ckpt.BEST_MODEL_FILE
             self.log(f"checkpoint written ({reason}) at step {self.state.global_step}: {path}")
         barrier(self.context)
         self.last_checkpoint_time = time.monotonic()
@@ -444,6 +454,7 @@ class Trainer:
             state.evaluations_without_improvement = 0
             if self.context.is_main:
                 self.best_state = {name: t.detach().to("cpu", copy=True) for name, t in self.model.state_dict().items()}
+                self.best_state_file = None  # new best weights: the next checkpoint writes them
         else:
             state.evaluations_without_improvement += 1
             patience = self.config.early_stopping_patience
