@@ -183,7 +183,7 @@ def score(model_dir: Path, rows: list[tuple[int, str]], class_names: list[str]) 
     """Accuracy and macro-F1 on `rows`, through the same Classifier for both models."""
     from bert_classify.inference.predictor import Classifier
 
-    classifier = Classifier.from_pretrained(str(model_dir))
+    classifier = Classifier.from_pretrained(str(model_dir), precision="fp32")
     started = time.perf_counter()
     probabilities = classifier.predict_proba([text for _, text in rows], batch_size=64)
     seconds = time.perf_counter() - started
@@ -292,7 +292,7 @@ def accuracy(args: argparse.Namespace, work: Path, class_names: list[str]) -> di
             "learning_rate": args.learning_rate, "seed": args.seed, "model": str(args.model),
             "schedules": "ours: linear warm-up over 6% of steps then linear decay (our default); "
             "peer: Trainer default, linear decay, no warm-up",
-            "scoring": "bert_classify.inference.predictor.Classifier.predict_proba on both saved models",
+            "scoring": "bert_classify.inference.predictor.Classifier.predict_proba (fp32) on both saved models",
         },
         **figures,
     }
