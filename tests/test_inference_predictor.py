@@ -78,6 +78,34 @@ def test_predict_proba_matches_plain_transformers_in_input_order(classifier: Cla
     assert len({int(row.argmax()) for row in probabilities}) > 1, "the test model must tell texts apart"
 
 
+def test_bert_classifiers_run_the_last_layer_for_the_first_token_only(
+    classifier: Classifier, fitted_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from bert_classify.inference.first_token import FirstTokenHead
+
+    head = classifier.backend.first_token_head  # the test above compared its output with plain transformers
+    assert head is not None
+    calls: list[tuple[int, ...]] = []
+    handle = head.last.intermediate.register_forward_hook(lambda module, args, output: calls.append(tuple(output.shape)))
+    try:
+        classifier.predict_proba(TEXTS[:4], batch_size=4)
+    finally:
+        handle.remove()
+    assert len(calls) == 1 and calls[0][:2] == (4, 1)  # one token per text through the last feed-forward block
+    # A head that disagrees with the full forward pass on the probe is not used.
+    monkeypatch.setattr(FirstTokenHead, "_last_layer_first_token", lambda self, hidden, mask: hidden[:, :1] * 0)
+    assert FirstTokenHead.build(head.model) is None
+    # Only BERT classifiers in eval mode qualify.
+    assert FirstTokenHead.build(torch.nn.Linear(2, 2)) is None
+    head.model.train()
+    try:
+        assert FirstTokenHead.build(head.model) is None
+    finally:
+        head.model.eval()
+
+
 def test_batch_size_does_not_change_results(classifier: Classifier) -> None:
     np.testing.assert_allclose(
         classifier.predict_proba(TEXTS, batch_size=1), classifier.predict_proba(TEXTS, batch_size=64), atol=1e-5

@@ -38,10 +38,14 @@ class _TorchBackend:
     def __init__(self, model: Any, device: str, precision: str = "fp32") -> None:
         import torch
 
+        from bert_classify.inference.first_token import FirstTokenHead
+
         self.model = model
         self.device = torch.device(device)
         self.precision = precision
         self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+        # BERT classifiers: the last layer runs for the [CLS] token only (what the head reads).
+        self.first_token_head = FirstTokenHead.build(model)
 
     def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         import torch
@@ -55,7 +59,10 @@ class _TorchBackend:
                 else contextlib.nullcontext()
             )
             with autocast:
-                output = self.model(input_ids=ids, attention_mask=mask).logits
+                if self.first_token_head is not None:
+                    output = self.first_token_head.logits(ids, mask)
+                else:
+                    output = self.model(input_ids=ids, attention_mask=mask).logits
             return output.float().cpu().numpy()
 
 
