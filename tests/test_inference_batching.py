@@ -134,3 +134,21 @@ def test_stop_finishes_queued_requests_then_refuses_new_ones() -> None:
             await batcher.submit(["9"])
 
     run(scenario())
+
+
+def test_warm_up_runs_in_the_model_thread_outside_the_counters() -> None:
+    model = RecordingModel()
+
+    async def scenario():
+        batcher = DynamicBatcher(model, max_batch_size=8, max_batch_delay_s=0.0)
+        await batcher.start()
+        seconds = await batcher.warm_up(["1", "2"])
+        rows = await batcher.submit(["3"])
+        await batcher.stop()
+        return batcher, seconds, rows
+
+    batcher, seconds, rows = run(scenario())
+    assert model.calls == [["1", "2"], ["3"]] and seconds >= 0
+    assert rows[:, 0].tolist() == [3.0]
+    assert batcher.stats.batches == 1 and batcher.stats.requests == 1 and batcher.stats.texts == 1
+    assert len(model.threads) == 1

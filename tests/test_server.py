@@ -122,6 +122,14 @@ def test_ping(server: ServerProcess) -> None:
     assert httpx.get(server.url + "/ping", timeout=5).status_code == 200
 
 
+def test_model_warms_up_before_the_server_reports_healthy(server: ServerProcess) -> None:
+    records = [json.loads(line) for line in server.log().splitlines() if line.startswith('{"event"')]
+    events = [record["event"] for record in records]
+    assert events.index("warmed_up") < events.index("access")  # before any request was answered
+    warm_up = records[events.index("warmed_up")]
+    assert warm_up["texts"] == 2 and warm_up["seconds"] > 0
+
+
 @pytest.mark.parametrize(
     "body, content_type, accept, response_type",
     [

@@ -78,6 +78,16 @@ class DynamicBatcher:
         self._wakeup = asyncio.Event()
         self._worker = asyncio.create_task(self._run(), name="dynamic-batcher")
 
+    async def warm_up(self, texts: list[str]) -> float:
+        """Run `texts` through the model once, in the model's thread, outside the counters; seconds taken.
+
+        The first forward pass pays one-off costs (kernel selection, memory pools, lazy imports):
+        a server warms up before it reports healthy, so no client's request pays them.
+        """
+        started = time.perf_counter()
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.run_batch, texts)
+        return time.perf_counter() - started
+
     async def stop(self) -> None:
         """Finish every queued request, then stop the worker and its thread."""
         self._closing = True

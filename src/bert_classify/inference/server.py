@@ -177,6 +177,8 @@ def create_app(classifier: Classifier, config: ServerConfig | None = None) -> An
 
     async def lifespan(app: Any) -> Any:
         await batcher.start()
+        seconds = await batcher.warm_up(WARM_UP_TEXTS)
+        server_log.info(json.dumps({"event": "warmed_up", "texts": len(WARM_UP_TEXTS), "seconds": round(seconds, 3)}))
         try:
             yield
         finally:
@@ -196,6 +198,8 @@ def create_app(classifier: Classifier, config: ServerConfig | None = None) -> An
 
 
 CPU_FORWARD_BATCH_SIZE = 8
+# Run once at start-up, before /ping answers 200 (a short and a longer text: two shapes).
+WARM_UP_TEXTS = ["warm-up", "a longer warm-up text for the first forward pass " * 6]
 
 
 def _runner(classifier: Classifier, config: ServerConfig) -> Any:
