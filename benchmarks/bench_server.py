@@ -159,7 +159,7 @@ def model_only_ceiling(
     model_dir: Path, texts: list[str], forward_batch_size: int, precision: str
 ) -> dict[str, Any]:
     """Texts/s of the model alone (no HTTP), one text per forward pass vs length-sorted passes of
-    `forward_batch_size`, with the server's default precision: the most batching can gain here."""
+    `forward_batch_size`, at `precision` (as the server runs): the most batching can gain here."""
     from bert_classify.inference.predictor import Classifier
 
     classifier = Classifier.from_pretrained(model_dir, device="cpu", precision=precision)

@@ -64,15 +64,19 @@ def _write_with_best(directory: Path, step: int, best: bytes | ckpt.Reuse, keep:
     return ckpt.write_checkpoint(directory, step, files, keep=keep)
 
 
+def _no_fallback() -> bytes:
+    raise AssertionError("the source was usable: nothing should be re-serialised")
+
+
 def test_unchanged_best_weights_are_linked_not_written_again(tmp_path: Path) -> None:
     best = ckpt.tensors_to_bytes({"weight": torch.arange(1000.0)})
     first = _write_with_best(tmp_path, 1, best)
-    second = _write_with_best(tmp_path, 2, ckpt.Reuse(first / ckpt.BEST_MODEL_FILE), keep=1)  # prunes the first
+    second = _write_with_best(tmp_path, 2, ckpt.Reuse(first / ckpt.BEST_MODEL_FILE, fallback=_no_fallback), keep=1)  # prunes the first
     assert not first.exists()
     assert ckpt.verify_checkpoint(second) is None  # the carried manifest entry still checks the bytes
     assert (second / ckpt.BEST_MODEL_FILE).stat().st_nlink == 1  # the link outlived its first directory
     assert torch.equal(ckpt.read_tensors(second / ckpt.BEST_MODEL_FILE)["weight"], torch.arange(1000.0))
-    third = _write_with_best(tmp_path, 3, ckpt.Reuse(second / ckpt.BEST_MODEL_FILE))
+    third = _write_with_best(tmp_path, 3, ckpt.Reuse(second / ckpt.BEST_MODEL_FILE, fallback=_no_fallback))
     assert (third / ckpt.BEST_MODEL_FILE).stat().st_ino == (second / ckpt.BEST_MODEL_FILE).stat().st_ino
 
 
@@ -83,9 +87,19 @@ def test_reuse_copies_where_hard_links_fail(tmp_path: Path, monkeypatch) -> None
         raise OSError("hard links not supported")
 
     monkeypatch.setattr(ckpt.os, "link", no_links)
-    second = _write_with_best(tmp_path, 2, ckpt.Reuse(first / ckpt.BEST_MODEL_FILE))
+    second = _write_with_best(tmp_path, 2, ckpt.Reuse(first / ckpt.BEST_MODEL_FILE, fallback=_no_fallback))
     assert (second / ckpt.BEST_MODEL_FILE).stat().st_ino != (first / ckpt.BEST_MODEL_FILE).stat().st_ino
     assert ckpt.verify_checkpoint(second) is None
     # A copy that no longer matches would be caught like any corrupt file.
     (first / ckpt.BEST_MODEL_FILE).write_bytes(b"x" * 10)
     assert "best_model.safetensors" in (ckpt.verify_checkpoint(first) or "")
+
+
+def test_reuse_of_a_vanished_source_writes_the_fallback_bytes(tmp_path: Path) -> None:
+    best = ckpt.tensors_to_bytes({"weight": torch.full((4,), 2.0)})
+    first = _write_with_best(tmp_path, 1, best)
+    source = first / ckpt.BEST_MODEL_FILE
+    source.unlink()  # e.g. removed by hand between two checkpoints
+    second = _write_with_best(tmp_path, 2, ckpt.Reuse(source, fallback=lambda: best))
+    assert ckpt.verify_checkpoint(second) is None
+    assert torch.equal(ckpt.read_tensors(second / ckpt.BEST_MODEL_FILE)["weight"], torch.full((4,), 2.0))

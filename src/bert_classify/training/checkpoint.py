@@ -46,10 +46,12 @@ class Reuse:
     """A file to take unchanged from an earlier complete checkpoint (hard-linked, else copied).
 
     Best-model weights often stay the same across many checkpoints: linking them saves writing and
-    storing the same bytes again. The entry (size, SHA-256) comes from the source's manifest.
+    storing the same bytes again. The entry (size, SHA-256) comes from the source's manifest. If the
+    source cannot be reused (gone, or its manifest unreadable), `fallback()` gives the bytes to write.
     """
 
     source: Path
+    fallback: Callable[[], bytes]
 
 
 def checkpoint_name(step: int) -> str:
@@ -94,8 +96,12 @@ def write_checkpoint(directory: Path, step: int, files: dict[str, bytes | Reuse]
     manifest: dict[str, Any] = {"format_version": FORMAT_VERSION, "step": step, "files": {}}
     for name, payload in files.items():
         if isinstance(payload, Reuse):
-            manifest["files"][name] = _reuse_file(payload.source, temporary / name)
-            continue
+            try:
+                manifest["files"][name] = _reuse_file(payload.source, temporary / name)
+                continue
+            except (OSError, KeyError, ValueError):  # write the bytes instead: a checkpoint is never lost to this
+                (temporary / name).unlink(missing_ok=True)
+                payload = payload.fallback()
         with open(temporary / name, "wb") as handle:
             handle.write(payload)
             handle.flush()

@@ -375,11 +375,11 @@ class Trainer:
                 ckpt.STATE_FILE: json.dumps(metadata, indent=1, default=float).encode("utf-8"),
             }
             if self.best_state is not None:
-                unchanged = self.best_state_file is not None and self.best_state_file.is_file()
+                best_state = self.best_state
                 files[ckpt.BEST_MODEL_FILE] = (
-                    ckpt.Reuse(self.best_state_file)  # type: ignore[arg-type]
-                    if unchanged
-                    else ckpt.tensors_to_bytes(self.best_state)
+                    ckpt.Reuse(self.best_state_file, fallback=lambda: ckpt.tensors_to_bytes(best_state))
+                    if self.best_state_file is not None
+                    else ckpt.tensors_to_bytes(best_state)
                 )
             path = ckpt.write_checkpoint(self.checkpoint_dir, self.state.global_step, files, self.config.keep_checkpoints)
             if self.best_state is not None:
