@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 from pathlib import Path
 
 from bert_classify.errors import ConfigError
+from bert_classify.sagemaker.forwarding import IMAGE_ENTRY
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -125,6 +127,20 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
         "--checkpoint-s3-uri",
         help="S3 location synced with /opt/ml/checkpoints, for resuming after spot interruptions "
         "(default with spot: <s3-prefix>/<job-name>/checkpoints)",
+    )
+    job.add_argument(
+        "--forward-signals",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the image's entry under a small PID-1 forwarder so that SIGTERM from a spot reclaim or a "
+        "stop reaches the trainer, which checkpoints and exits (default: on; see docs/sagemaker.md)",
+    )
+    job.add_argument(
+        "--container-entry",
+        type=shlex.split,
+        default=list(IMAGE_ENTRY),
+        help="the image's own entry command, run under the forwarder "
+        f"(default: '{' '.join(IMAGE_ENTRY)}', as in the PyTorch and Hugging Face training images)",
     )
     job.add_argument("--output-path", help="S3 location for model.tar.gz (default: <s3-prefix>/output)")
     job.add_argument(
@@ -246,6 +262,8 @@ def _run_train(args: argparse.Namespace) -> int:
         tags=dict(args.tags),
         environment=dict(args.environment),
         region=args.region,
+        forward_signals=args.forward_signals,
+        container_entry=list(args.container_entry),
     )
     launch_training(options, dry_run=args.dry_run, wait=args.wait)
     return 0
