@@ -158,7 +158,7 @@ def main() -> int:
     peer(warmup, **peer_options)
     extras: dict[str, dict[str, Any]] = {}
     if not args.no_onnx:
-        from bert_classify.inference.onnx_runtime import export_onnx
+        from bert_classify.inference.onnx_export import export_onnx
 
         (fp32_path, int8_path), export_seconds = timed(lambda: export_onnx(model_dir, scratch / "onnx", quantize=True))
         print(f"  exported ONNX fp32 + int8 in {export_seconds:.1f} s", flush=True)
