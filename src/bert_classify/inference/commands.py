@@ -119,6 +119,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="texts per forward pass within a merged batch, length-sorted (default: 8 on CPU, all on GPU)",
     )
     serve.add_argument("--request-timeout-s", type=float, default=60.0, help="unanswered by then: 503 (default: 60)")
+    serve.add_argument(
+        "--header-timeout-s", type=float, default=10.0, help="request headers not complete by then: 408 (default: 10)"
+    )
     serve.add_argument("--no-access-log", dest="access_log", action="store_false", help="no per-request log line")
     serve.set_defaults(func=run_serve)
 
@@ -185,6 +188,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         max_texts_per_request=args.max_texts_per_request,
         request_timeout_s=args.request_timeout_s,
+        header_timeout_s=args.header_timeout_s,
         forward_batch_size=args.forward_batch_size,
     )
     config.validate()  # before loading the model: a bad flag fails in milliseconds
