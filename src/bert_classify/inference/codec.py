@@ -102,7 +102,7 @@ def _content_type(header: str) -> tuple[str, dict[str, str]]:
 
 
 def _clip(text: str, limit: int = 60) -> str:
-    text = text.encode("ascii", "backslashreplace").decode("ascii")
+    text = text.encode("unicode_escape").decode("ascii")  # one line, printable, whatever was sent
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -145,7 +145,7 @@ def decode_request(
     if media_type == CSV:
         request = InferenceRequest(csv_texts(text))
     elif media_type == PLAIN:
-        request = InferenceRequest([line for line in text.splitlines() if line.strip()])
+        request = InferenceRequest([line for line in _lines(text) if line.strip()])
     elif media_type == JSONLINES:
         request = InferenceRequest(_jsonlines_texts(text))
     else:
@@ -238,9 +238,15 @@ def _parse_json(text: str, where: str) -> Any:
         raise RequestError(400, f"{where} could not be parsed: {_clip(str(error), 120)}.") from None
 
 
+def _lines(text: str) -> list[str]:
+    # Lines end at "\n" (or "\r\n") only: str.splitlines would also cut at U+2028, form feeds and
+    # other characters that may sit unescaped inside a JSON string or a text.
+    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+
+
 def _jsonlines_texts(text: str) -> list[str]:
     texts = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(_lines(text), start=1):
         if not line.strip():
             continue
         item = _parse_json(line, f"application/jsonlines line {number}")
