@@ -240,3 +240,56 @@ def test_no_request_above_produced_a_500(server: ServerProcess) -> None:
     lines = server.access_lines()
     assert lines and all(line["status"] < 500 for line in lines)
     assert "Traceback" not in server.log()
+
+
+def test_a_text_the_tokenizer_refuses_fails_only_its_own_request(model_dir: Path, classifier: Classifier) -> None:
+    """Each request is tokenised on its own before it joins a batch: a tokenizer that raises on some
+    text (here made to, on "poison") costs that request a 400 and no other request anything."""
+    import threading
+
+    import uvicorn
+
+    from bert_classify.inference.server import ServerConfig, create_app
+    from test_server import free_port
+
+    served = Classifier.from_pretrained(model_dir, precision="fp32")
+    real_tokenizer = served.tokenizer
+
+    def refusing_tokenizer(texts, **options):
+        if any("poison" in text for text in texts):
+            raise RuntimeError("this tokenizer refuses poison")
+        return real_tokenizer(texts, **options)
+
+    served.tokenizer = refusing_tokenizer
+    port = free_port()
+    app = create_app(served, ServerConfig(max_batch_size=64, max_batch_delay_ms=100))
+    uvicorn_server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not uvicorn_server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert uvicorn_server.started
+        requests = [[text] for text in TEXTS[:30]]
+        for index in range(0, 30, 5):
+            requests.insert(index, ["fine text", "poison text"])
+        expected = dict(zip(TEXTS, classifier.predict(TEXTS)))
+
+        async def send_all() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60,
+                                         limits=httpx.Limits(max_connections=len(requests))) as client:  # fmt: skip
+                return await asyncio.gather(*(client.post("/invocations", json=texts) for texts in requests))
+
+        responses = asyncio.run(send_all())
+        for texts, response in zip(requests, responses):
+            if "poison text" in texts:
+                assert response.status_code == 400 and "could not be tokenised" in response.json()["error"]
+            else:
+                assert response.status_code == 200, response.text
+                assert_same_predictions(response.json(), [expected[text] for text in texts])
+        stats = app.app.state.batcher.stats
+        assert stats.max_batch_requests > 1 and stats.requests == 30
+    finally:
+        uvicorn_server.should_exit = True
+        thread.join(timeout=30)

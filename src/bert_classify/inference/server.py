@@ -324,6 +324,7 @@ def serve(
         timeout_graceful_shutdown=int(config.request_timeout_s) + 5,
         timeout_keep_alive=75,  # above the 60 s idle timeout of AWS load balancers
         http=http_protocol(config.header_timeout_s),
+        ws="none",  # no WebSocket routes: an Upgrade request is answered as plain HTTP
     )
     server_log.info(
         json.dumps(
