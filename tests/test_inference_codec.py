@@ -169,3 +169,15 @@ def test_client_mistakes_that_used_to_be_500(body: bytes, content_type: str, wor
     with pytest.raises(RequestError) as raised:
         decode_request(body, content_type, max_body_bytes=None)
     assert raised.value.status_code == 400 and words in raised.value.message
+
+
+@pytest.mark.parametrize(
+    "body", [b'["x \\ud800 y"]', b"[" * 100_000, b'{"inputs": ["a"], "parameters": {"top_k": ' + b"5" * 5000 + b"}}"]
+)
+def test_the_sagemaker_handler_gets_the_same_4xx(body: bytes) -> None:
+    from bert_classify.inference import handler
+
+    for payload in (body, body.decode("utf-8")):  # the toolkit passes str for UTF-8 content types
+        with pytest.raises(RequestError) as raised:  # outside the container RequestError passes through
+            handler.input_fn(payload, "application/json")
+        assert raised.value.status_code == 400
