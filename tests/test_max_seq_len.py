@@ -66,6 +66,20 @@ def test_training_writes_its_max_seq_len_into_the_tokenizer_config(trained_dir: 
     assert Classifier.from_pretrained(trained_dir, precision="fp32").max_length == MAX_SEQ_LEN
 
 
+def test_the_sagemaker_handler_loads_the_trained_length(
+    trained_dir: Path, expected: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bert_classify.inference import handler
+
+    monkeypatch.setenv("BERT_CLASSIFY_PRECISION", "fp32")
+    model = handler.model_fn(str(trained_dir))
+    assert model.max_length == MAX_SEQ_LEN
+    request = handler.input_fn(json.dumps({"inputs": LONG_TEXTS, "parameters": {"top_k": 3}}), "application/json")
+    for item, row in zip(handler.predict_fn(request, model), expected):
+        scores = {entry["label"]: entry["score"] for entry in item["top_k"]}
+        assert [scores[name] for name in CLASS_NAMES] == pytest.approx(row.tolist(), abs=1e-5)
+
+
 def test_predict_applies_the_trained_length(trained_dir: Path, expected: np.ndarray, tmp_path: Path) -> None:
     source = tmp_path / "long.txt"
     source.write_text("\n".join(LONG_TEXTS) + "\n", encoding="utf-8")

@@ -237,6 +237,8 @@ def test_malformed_http_gets_a_json_error_from_the_protocol_layer(server, reques
 
 def test_no_request_above_produced_a_500(server: ServerProcess) -> None:
     assert httpx.get(server.url + "/ping", timeout=5).status_code == 200
+    protocol_errors = [json.loads(line) for line in server.log().splitlines() if '"event": "protocol_error"' in line]
+    assert {line["status"] for line in protocol_errors} >= {400, 408, 431, 501}  # logged, though not in the access log
     lines = server.access_lines()
     assert lines and all(line["status"] < 500 for line in lines)
     assert "Traceback" not in server.log()

@@ -409,13 +409,15 @@ def http_protocol(header_timeout_s: float) -> type:
             if not self._received_bytes:
                 self.transport.close()
                 return
-            server_log.info(json.dumps({"event": "header_timeout", "client": (self.client or ("", 0))[0]}))
             self._reply_and_close(
                 408, f"the request headers did not arrive within {header_timeout_s} s; send them in one go."
             )
 
         def _reply_and_close(self, status: int, message: str) -> None:
             self._cancel_header_timer()
+            # Answered below the application, so not in the access log: one line of its own.
+            client = (self.client or ("", 0))[0]
+            server_log.info(json.dumps({"event": "protocol_error", "status": status, "error": message, "client": client}))
             if not self.transport.is_closing():
                 self.transport.write(_raw_error(status, message))
                 self.transport.close()
