@@ -84,7 +84,10 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 def _raw_error(status: int, message: str) -> bytes:
     """A complete HTTP/1.1 error response (JSON body, connection closed), for the protocol layer."""
     body = json.dumps({"error": message, "status": status}).encode("utf-8")
-    phrase = http.HTTPStatus(status).phrase if status in http.HTTPStatus._value2member_map_ else "Error"
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
     head = (
         f"HTTP/1.1 {status} {phrase}\r\ncontent-type: {codec.JSON}\r\ncontent-length: {len(body)}\r\n"
         "connection: close\r\n\r\n"
