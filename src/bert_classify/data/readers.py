@@ -373,8 +373,11 @@ def _read_jsonl(path: str, text_field: str, label_field: str | None) -> tuple[li
                     f"{source}:{line}: JSON nested too deeply to read; each line must be one flat JSON object such "
                     f"as {example}."
                 ) from None
-            except ValueError as error:  # e.g. an integer of more than 4,300 digits
-                raise DataError(f"{source}:{line}: unreadable JSON ({error}); shorten or quote the value.") from None
+            except ValueError:  # the one ValueError json.loads raises beyond JSONDecodeError
+                raise DataError(
+                    f"{source}:{line}: a number longer than {_max_digits():,} digits; write it as a "
+                    "string (in quotes) or shorten it."
+                ) from None
             if not isinstance(record, dict):
                 raise DataError(f"{source}:{line}: a JSON {type(record).__name__}, not an object; each line must be one JSON object.")
             text = _json_field(record, text_field, "--text-column", source, line)
@@ -397,6 +400,11 @@ def _read_jsonl(path: str, text_field: str, label_field: str | None) -> tuple[li
     if not texts:
         raise DataError(f"{source}: the file is empty; it needs at least one example.")
     return texts, labels, lines
+
+
+def _max_digits() -> int:
+    """Python's limit on the digits of an integer read from text (3.11+; earlier versions have none)."""
+    return int(getattr(sys, "get_int_max_str_digits", lambda: 4300)())
 
 
 def _json_field(record: dict, name: str, flag: str, source: str, line: int) -> object:
