@@ -148,6 +148,8 @@ def test_example_plugin_reads_a_folder_tree(tmp_path: Path, monkeypatch: pytest.
          r"record 1: text: character 3 is a lone UTF-16 surrogate \(U\+D800\)"),
         ("class R:\n    def __init__(self, path): pass\n    def records(self): yield ('a', 'x\\udfff')\n", "R",
          r"record 1: label: character 2 is a lone UTF-16 surrogate"),
+        ("class R:\n    def __init__(self, path): pass\n    def records(self): yield ('a', 0); yield ('b', 10**5000)\n",
+         "R", r"record 2: class indices go up to \(an integer of about 5000 digits\) but never use 1, 2"),
         ("def R(path):\n    raise AssertionError('a function must never be called')\n", "R",
          r"'R' is a function, not a class"),
         ("class R:\n    def __init__(self, path): pass\n    def records(self): yield ('a', 0); yield ('b', 2)\n", "R",

@@ -132,7 +132,7 @@ def labels_to_ids(
         if isinstance(label, int):
             if not index_base <= label < index_base + len(names):
                 raise DataError(
-                    f"{where(position)}: class index {label} is outside {index_base}..{index_base + len(names) - 1} "
+                    f"{where(position)}: class index {_number(label)} is outside {index_base}..{index_base + len(names) - 1} "
                     f"({len(names)} classes: {describe_classes(names)}). {fix}"
                 )
             ids.append(label - index_base)
@@ -143,9 +143,8 @@ def labels_to_ids(
                 " Text labels are matched as names; class indices belong in the headerless DBpedia layout."
                 if is_integer(label) else ""
             )
-            shown = label if len(label) <= 40 else label[:37] + "..."
             raise DataError(
-                f"{where(position)}: label '{shown}' is not one of the {len(names)} known classes "
+                f"{where(position)}: label '{clip(label)}' is not one of the {len(names)} known classes "
                 f"({describe_classes(names)}). {fix}{hint}"
             )
         ids.append(index)
@@ -158,7 +157,7 @@ def _contiguous_indices(
     low, high = min(indices), max(indices)
     if low < index_base:
         raise DataError(
-            f"{where(indices.index(low))}: class index {low}; indices count from {index_base} "
+            f"{where(indices.index(low))}: class index {_number(low)}; indices count from {index_base} "
             f"({index_base}-based, {index_base}..K). {fix}"
         )
     distinct = set(indices)
@@ -167,10 +166,17 @@ def _contiguous_indices(
     if missing:
         shown = ", ".join(str(index) for index in missing[:10]) + (" ..." if len(missing) > 10 else "")
         raise DataError(
-            f"{where(indices.index(high))}: class indices go up to {high} but never use {shown}; without a list of "
+            f"{where(indices.index(high))}: class indices go up to {_number(high)} but never use {shown}; without a list of "
             f"class names the indices must be {index_base}..K with none missing. {fix}"
         )
     return [index - index_base for index in indices], [str(index) for index in range(index_base, high + 1)]
+
+
+def _number(value: int) -> str:
+    """An integer for a message: huge ones (a hostile file) by their size, never by thousands of digits."""
+    if abs(value) < 10**18:
+        return str(value)
+    return f"{'-' if value < 0 else ''}(an integer of about {int(value.bit_length() * 0.30103)} digits)"
 
 
 def unicode_problem(text: str) -> str | None:
@@ -205,8 +211,14 @@ def describe_class_differences(
     return "; ".join(differences[:limit]) + (" ..." if len(differences) > limit else "")
 
 
+def clip(text: str, limit: int = 40) -> str:
+    """`text` shortened for a one-line message: line breaks shown as \\n, at most `limit` characters."""
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def describe_classes(class_names: Sequence[str], limit: int = 20) -> str:
     """'A, B, C' (shortened past `limit` names) for error messages."""
-    shown = ", ".join(f"'{name}'" for name in class_names[:limit])
+    shown = ", ".join(f"'{clip(name)}'" for name in class_names[:limit])
     more = len(class_names) - limit
     return shown + (f" and {more} more" if more > 0 else "")

@@ -18,6 +18,7 @@ from bert_classify.config import DATA_FORMATS  # one list of formats, defined wi
 from bert_classify.data.labels import (
     LabeledData,
     check_class_names,
+    clip,
     is_integer,
     labels_to_ids,
     unicode_problem,
@@ -258,7 +259,7 @@ def _read_dbpedia(
         except ValueError:
             hint = " (a header line? use --data-format csv)" if line == 1 else ""
             raise DataError(
-                f"{source}:{line}: class index '{_clip(row[0])}' is not an integer{hint}; the first field of "
+                f"{source}:{line}: class index '{clip(row[0])}' is not an integer{hint}; the first field of "
                 "each line is the 1-based class index."
             ) from None
         if width == 3:
@@ -321,7 +322,7 @@ def _read_header_csv(
 def _column_index(columns: list[str], wanted: str, flag: str, source: str, line: int) -> int:
     if wanted in columns:
         return columns.index(wanted)
-    present = ", ".join(f"'{_clip(name)}'" for name in columns) or "none"
+    present = ", ".join(f"'{clip(name)}'" for name in columns) or "none"
     raise DataError(
         f"{source}:{line}: no column '{wanted}' in the header (columns present: {present}); pass {flag} "
         "with one of these. Line 1 of a CSV is read as its header; a headerless file whose first field is a "
@@ -343,10 +344,6 @@ def _raise_field_count(source: str, line: int, row: list[str], width: int, like:
 def _chain_first(first: tuple[int, list[str]], rest: Iterator[tuple[int, list[str]]]) -> Iterator[tuple[int, list[str]]]:
     yield first
     yield from rest
-
-
-def _clip(text: str, limit: int = 40) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ------------------------------------------------------------------------------ JSON Lines / text
@@ -383,7 +380,7 @@ def _read_jsonl(path: str, text_field: str, label_field: str | None) -> tuple[li
             text = _json_field(record, text_field, "--text-column", source, line)
             if not isinstance(text, str) or not text.strip():
                 raise DataError(
-                    f"{source}:{line}: field '{text_field}' must be a non-empty string, not {_clip(json.dumps(text))}."
+                    f"{source}:{line}: field '{text_field}' must be a non-empty string, not {clip(json.dumps(text))}."
                 )
             _check_unicode(text, f"{source}:{line}: field '{text_field}'")
             texts.append(text)
@@ -392,7 +389,7 @@ def _read_jsonl(path: str, text_field: str, label_field: str | None) -> tuple[li
                 if isinstance(label, bool) or not isinstance(label, (str, int)) or not str(label).strip():
                     raise DataError(
                         f"{source}:{line}: field '{label_field}' must be a class name (string) or integer, "
-                        f"not {_clip(json.dumps(label))}."
+                        f"not {clip(json.dumps(label))}."
                     )
                 _check_unicode(str(label), f"{source}:{line}: field '{label_field}'")
                 labels.append(str(label).strip())
@@ -410,7 +407,7 @@ def _max_digits() -> int:
 def _json_field(record: dict, name: str, flag: str, source: str, line: int) -> object:
     if name in record:
         return record[name]
-    present = ", ".join(f"'{_clip(key)}'" for key in record) or "none"
+    present = ", ".join(f"'{clip(key)}'" for key in record) or "none"
     raise DataError(f"{source}:{line}: no field '{name}' (fields present: {present}); pass {flag} with one of these.")
 
 
