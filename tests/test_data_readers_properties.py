@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from bert_classify.data import LabeledData, load_labeled_data, read_texts
 from bert_classify.errors import BertClassifyError
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Bytes that look like our formats often enough to reach deep into the readers, plus raw noise.
 _FRAGMENTS = [b"1,", b"2,", b"text,label\n", b'"a\nb",', b"x\n", b'"', b'""', b",", b"\n", b"\r\n", b"\xef\xbb\xbf", b"\xff", b"{", b"}",
