@@ -208,7 +208,7 @@ def test_a_bad_master_port_is_one_line(
 @pytest.mark.parametrize(
     ("flag", "value", "expected"),
     [
-        ("--port", "99999", "--port 99999: must be a TCP port from 1 to 65535"),
+        ("--port", "99999", "--port 99999: must be a TCP port from 0 to 65535"),
         ("--request-timeout-s", "nan", "--request-timeout-s nan: must be a finite number"),
     ],
 )

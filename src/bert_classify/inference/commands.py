@@ -177,7 +177,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from bert_classify.inference.server import ServerConfig, serve
 
     if not 0 <= args.port <= 65535:
-        raise ConfigError(f"--port {args.port}: must be a TCP port from 1 to 65535 (0 lets the system pick one).")
+        raise ConfigError(f"--port {args.port}: must be a TCP port from 0 to 65535 (0: the system picks a free one).")
     for flag, value in (("--request-timeout-s", args.request_timeout_s), ("--max-batch-delay-ms", args.max_batch_delay_ms)):
         if not math.isfinite(value):
             raise ConfigError(f"{flag} {value}: must be a finite number.")
