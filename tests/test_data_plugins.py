@@ -141,11 +141,19 @@ def test_example_plugin_reads_a_folder_tree(tmp_path: Path, monkeypatch: pytest.
          "    def records(self): yield ('a', 'x'); yield ('b', 'z')\n", "R",
          r"record 2: label 'z' is not one of the 1 known classes \('x'\)"),
         ("class R:\n    class_names = ['x', 'y']\n    def __init__(self, path): pass\n"
-         "    def records(self): yield ('a', 2)\n", "R", r"record 1: class id 2 is outside 0..1"),
+         "    def records(self): yield ('a', 2)\n", "R", r"record 1: class index 2 is outside 0..1"),
         ("class R:\n    def __init__(self, path): pass\n    def records(self): yield ('a', 'x'); yield ('b', 0)\n", "R",
-         r"record 2 has an integer label but others are names"),
+         r"record 2: an integer label among class names"),
+        ("class R:\n    def __init__(self, path): pass\n    def records(self): yield ('a \\ud800 b', 'x')\n", "R",
+         r"record 1: text: character 3 is a lone UTF-16 surrogate \(U\+D800\)"),
+        ("class R:\n    def __init__(self, path): pass\n    def records(self): yield ('a', 'x\\udfff')\n", "R",
+         r"record 1: label: character 2 is a lone UTF-16 surrogate"),
+        ("class R:\n    def __init__(self, path): pass\n    def records(self): yield ('a', 0); yield ('b', 10**5000)\n",
+         "R", r"record 2: class indices go up to \(an integer of about 5000 digits\) but never use 1, 2"),
+        ("def R(path):\n    raise AssertionError('a function must never be called')\n", "R",
+         r"'R' is a function, not a class"),
         ("class R:\n    def __init__(self, path): pass\n    def records(self): yield ('a', 0); yield ('b', 2)\n", "R",
-         r"ids up to 2 but never 1"),
+         r"record 2: class indices go up to 2 but never use 1"),
     ],
 )
 def test_bad_plugins_name_plugin_and_record(plugin_dir: Path, body: str, attribute: str, expected: str) -> None:

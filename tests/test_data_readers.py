@@ -274,3 +274,44 @@ def test_read_texts_structured_formats(tmp_path: Path) -> None:
     assert "j2.jsonl:1: no field 'text'" in error_of(read_texts, write(tmp_path / "j2.jsonl", '{"body": "a"}\n'))
     with pytest.raises(ConfigError, match="--text-column applies to CSV"):
         read_texts(write(tmp_path / "t.txt", "a\n"), text_column="body")
+
+
+# ------------------------------------------------------------------------------------ hostile files
+def test_hostile_json_lines_name_file_and_line(tmp_path: Path) -> None:
+    good = '{"text": "fine", "label": "a"}\n'
+    cases = {
+        "surrogate.jsonl": ('{"text": "x \\ud800 y", "label": "a"}', "surrogate.jsonl:2: field 'text': character 3 is a lone"),
+        "label.jsonl": ('{"text": "x", "label": "\\udfffb"}', "label.jsonl:2: field 'label': character 1 is a lone"),
+        "deep.jsonl": ('{"text": "x", "label": ' + "[" * 100_000 + "]" * 100_000 + "}", "deep.jsonl:2: JSON nested too deeply"),
+        "digits.jsonl": ('{"text": "x", "label": ' + "9" * 5000 + "}", "digits.jsonl:2: a number longer than"),
+    }
+    for name, (line, expected) in cases.items():
+        assert expected in error_of(load_labeled_data, write(tmp_path / name, good + line + "\n")), name
+        if name != "label.jsonl":  # read_texts reads no labels
+            assert expected in error_of(read_texts, str(tmp_path / name)), name
+    # a surrogate pair written as two escapes is one real character, and fine
+    data = load_labeled_data(write(tmp_path / "pair.jsonl", '{"text": "\\ud83d\\ude00", "label": "a"}\n' + good))
+    assert data.texts[0] == "\U0001f600"
+
+
+def test_a_huge_class_index_is_refused_quickly(tmp_path: Path) -> None:
+    """Indices up to 10**4000 must not build a range of that size to find the missing ones."""
+    message = error_of(load_labeled_data, write(tmp_path / "huge.csv", "1,t,a\n1" + "0" * 4000 + ",t,b\n"))
+    assert "huge.csv:2: class indices go up to (an integer of about 4000 digits)" in message
+    assert "never use 2, 3, 4" in message
+    assert len(message) < 1000
+    message = error_of(load_labeled_data, write(tmp_path / "h.jsonl", '{"text": "x", "label": 1}\n'),
+                       class_names=["a"])
+    assert "h.jsonl:1: label '1' is not one of the 1 known classes" in message
+
+
+def test_messages_stay_on_one_line_when_fields_hold_line_breaks(tmp_path: Path) -> None:
+    message = error_of(load_labeled_data, write(tmp_path / "h.csv", '"a\nb",label\nx,y\n'))
+    assert "'a\\nb'" in message and "\n" not in message
+
+
+def test_unused_classes_are_the_ones_without_examples(tmp_path: Path) -> None:
+    from bert_classify.data.labels import unused_classes
+
+    data = load_labeled_data(write(tmp_path / "d.csv", "1,t,a\n3,t,b\n"), class_names=["x", "y", "z", "w"])
+    assert unused_classes(data) == ["y", "w"]

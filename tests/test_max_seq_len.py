@@ -156,7 +156,7 @@ def test_predict_and_serve_take_max_seq_len_and_the_old_name_still_works(
     assert outputs[0] == outputs[1]
     assert outputs[0]["score"] == pytest.approx(float(expected_64.max()), abs=1e-5)
     assert main(["predict", "--model", str(trained_dir), "--input", str(source), "--max-seq-len", "1"]) == 2
-    assert "--max-seq-len 1: must be between 2" in capsys.readouterr().err
+    assert "--max-seq-len 1: must be between 3" in capsys.readouterr().err
     for command in ("predict", "serve"):
         with pytest.raises(SystemExit):
             main([command, "--help"])

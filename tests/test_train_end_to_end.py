@@ -167,6 +167,17 @@ def test_bad_data_is_reported_with_file_and_line_before_training(
         ("--precision", "fp8", "invalid choice"),
         ("--warmup-ratio", "1.5", "--warmup-ratio must be in [0, 1)"),
         ("--learning-rate", "fast", "expected a number or 'auto'"),
+        ("--learning-rate", "inf", "--learning-rate must be a finite number, not inf"),
+        ("--weight-decay", "nan", "--weight-decay must be a finite number, not nan"),
+        ("--max-grad-norm", "nan", "--max-grad-norm must be a finite number, not nan"),
+        ("--max-grad-norm", "inf", "--max-grad-norm must be a finite number, not inf"),
+        ("--warmup-ratio", "nan", "--warmup-ratio must be a finite number"),
+        ("--val-fraction", "nan", "--val-fraction must be a finite number"),
+        ("--checkpoint-every-minutes", "nan", "--checkpoint-every-minutes must be a finite number"),
+        ("--seed", "-1", "--seed must be a whole number from 0 to 4294967295"),
+        ("--seed", str(2**64), "--seed must be a whole number from 0 to 4294967295"),
+        ("--max-seq-len", "1", "--max-seq-len must be at least 3"),
+        ("--epoch", "2", "unrecognized arguments: --epoch 2"),  # no prefix matching of --epochs
     ],
 )
 def test_invalid_flags_are_refused_naming_the_flag(

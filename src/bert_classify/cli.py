@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bert-classify",
         description="Fine-tune, evaluate and serve BERT-family text classifiers.",
+        allow_abbrev=False,
     )
     from bert_classify import __version__
 
@@ -34,7 +35,17 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
+    _no_abbreviations(parser)
     return parser
+
+
+def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """Only whole flag names: `--epoch 2` must be an error, not a silent `--epochs 2` (argparse's prefix match)."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                _no_abbreviations(subparser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,6 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,19 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BEST_METRICS = ("macro_f1", "accuracy", "loss")
 DATA_FORMATS = ("auto", "dbpedia", "csv", "jsonl")
 DEFAULT_MODEL = "bert-base-uncased"
+# The shortest input worth classifying: [CLS], one token of text, [SEP]. Training, predict,
+# evaluate and serve all refuse a shorter --max-seq-len.
+MIN_SEQ_LEN = 3
+# Seeds feed numpy's generators and torch.manual_seed: whole numbers in [0, 2**32).
+MAX_SEED = 2**32 - 1
+# Files whose presence means a directory already holds a model (ours or anyone's save_pretrained).
+MODEL_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "training_config.json")
+TRAINING_CONFIG_FILE = "training_config.json"
+# Options that do not change what a run trains: a re-run differing only in these is the same run.
+_OPERATIONAL_OPTIONS = frozenset({
+    "output_dir", "metrics_dir", "log_every_steps", "force_resume", "overwrite_output_dir",
+    "checkpoint_every_steps", "checkpoint_every_minutes", "keep_checkpoints",
+})
 
 
 def auto_learning_rate(hidden_size: int) -> float:
@@ -76,6 +92,8 @@ class TrainConfig:
     force_resume: bool = False
     # extra metrics/plots directory (SageMaker's SM_OUTPUT_DATA_DIR); defaults to output_dir
     metrics_dir: str | None = None
+    # replace a model already in output_dir that another run (or no run of ours) wrote
+    overwrite_output_dir: bool = False
 
     def validate(self) -> TrainConfig:
         """Refuse invalid values up front; return self for chaining."""
@@ -91,6 +109,21 @@ class TrainConfig:
         _positive_int("--batch-size", self.batch_size)
         _positive_int("--grad-accum-steps", self.grad_accum_steps)
         _positive_int("--max-seq-len", self.max_seq_len)
+        if self.max_seq_len < MIN_SEQ_LEN:
+            raise ConfigError(
+                f"--max-seq-len must be at least {MIN_SEQ_LEN} ([CLS], one token of text, [SEP]), not {self.max_seq_len}."
+            )
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"--seed must be a whole number from 0 to {MAX_SEED} (2**32 - 1), not {self.seed!r}.")
+        for flag, number in (
+            ("--learning-rate", self.learning_rate),
+            ("--weight-decay", self.weight_decay),
+            ("--warmup-ratio", self.warmup_ratio),
+            ("--max-grad-norm", self.max_grad_norm),
+            ("--val-fraction", self.val_fraction),
+            ("--checkpoint-every-minutes", self.checkpoint_every_minutes),
+        ):
+            _finite(flag, number)
         _positive_int("--keep-checkpoints", self.keep_checkpoints)
         _positive_int("--log-every-steps", self.log_every_steps)
         for flag, value in (
@@ -125,9 +158,6 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
@@ -135,6 +165,92 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
         return cls(**values)
+
+
+def check_output_locations(config: TrainConfig, environ: Mapping[str, str] | None = None) -> None:
+    """Refuse, before any data is read, places that training could not write or a model it would destroy.
+
+    --output-dir, --metrics-dir and --checkpoint-dir must be directories (existing, or creatable)
+    on a writable file system. An --output-dir that already holds a model is refused unless it is
+    this run's own earlier output (its training_config.json records the same options: a re-run
+    after a spot interruption or of a finished run) or --overwrite-output-dir is given; the
+    --model directory itself is refused as --output-dir unless --overwrite-output-dir is given.
+    """
+    environ = os.environ if environ is None else environ
+    for flag, variable, value in (
+        ("--output-dir", "SM_MODEL_DIR", config.output_dir),
+        ("--metrics-dir", "SM_OUTPUT_DATA_DIR", config.metrics_dir),
+        ("--checkpoint-dir", None, config.checkpoint_dir),
+    ):
+        if value:
+            named = f"{flag} (from {variable})" if variable and environ.get(variable) == value else flag
+            _check_writable_directory(named, Path(value))
+    _check_not_overwriting(config)
+
+
+def _check_writable_directory(flag: str, path: Path) -> None:
+    """`path` is a directory, or can become one: its nearest existing ancestor is a writable directory."""
+    existing = Path(os.path.abspath(path))
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "" if existing == Path(os.path.abspath(path)) else f" ({existing} on its path)"
+        raise ConfigError(
+            f"{flag} {path}: a file is in the way{where}, not a directory; give a directory path or move the file."
+        )
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".bert-classify-write-check-", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise ConfigError(
+            f"{flag} {path}: cannot write in {existing} ({error.strerror or error}); give a directory on a "
+            "writable file system."
+        ) from None
+
+
+def _check_not_overwriting(config: TrainConfig) -> None:
+    output = Path(config.output_dir)
+    if config.overwrite_output_dir or not output.is_dir():
+        return
+    model = Path(config.model)
+    if model.is_dir() and model.resolve() == output.resolve():
+        raise ConfigError(
+            f"--output-dir {output} is the --model directory: training would replace the base model with the "
+            "fine-tuned one. Choose another --output-dir, or pass --overwrite-output-dir to replace it on purpose."
+        )
+    present = [name for name in MODEL_FILES if (output / name).exists()]
+    if present and not _is_own_output(config, output / TRAINING_CONFIG_FILE):
+        raise ConfigError(
+            f"--output-dir {output} already holds a model ({', '.join(present)}) written by another run; choose a "
+            "new --output-dir, or pass --overwrite-output-dir to replace it."
+        )
+
+
+def _is_own_output(config: TrainConfig, saved_file: Path) -> bool:
+    """Whether `saved_file` (a training_config.json) records this run: every option that shapes training equal."""
+    try:
+        saved = json.loads(saved_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(saved, dict):
+        return False
+    for name, value in config.to_dict().items():
+        if name in _OPERATIONAL_OPTIONS:
+            continue
+        if (name == "learning_rate" and value is None) or (name == "precision" and value == "auto"):
+            continue  # saved resolved ("auto" -> the rate and precision used): any saved value is ours
+        if name not in saved or saved[name] != value:
+            return False
+    return True
+
+
+def _finite(flag: str, value: Any) -> None:
+    """Refuse nan and ±inf: they pass every comparison-based check and train a model of NaNs."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{flag} must be a finite number, not {value!r}.")
 
 
 def _positive_int(flag: str, value: Any) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from bert_classify.data.labels import describe_class_differences
 from bert_classify.errors import DataError
 
 METRICS_FILE = "metrics.json"
@@ -208,15 +209,8 @@ def evaluate_model(
 def _check_same_classes(given: list[str], model: list[str], classes_path: str, model_dir: str) -> None:
     if given == model:
         return
-    differences = [
-        f"line {index}: '{mine}' vs '{theirs}'"
-        for index, (mine, theirs) in enumerate(zip(given, model), start=1)
-        if mine != theirs
-    ]
-    if len(given) != len(model):
-        differences.append(f"{len(given)} classes vs the model's {len(model)}")
     raise DataError(
         f"{classes_path}: the classes differ from the model's labels in {model_dir}/config.json (file vs model: "
-        f"{'; '.join(differences[:5])}{' ...' if len(differences) > 5 else ''}). Drop --classes to use the model's "
+        f"{describe_class_differences(given, model, position='line', start=1)}). Drop --classes to use the model's "
         "labels, or give the classes file the model was trained with."
     )

@@ -15,6 +15,8 @@ from typing import Any
 
 from bert_classify.errors import ConfigError
 
+# Weight files in pickle format (torch.save, Keras/TF and Flax formats aside).
+_PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 # Models whose learned position table is offset by the padding index (RoBERTa family).
 _POSITION_OFFSET_MODEL_TYPES = {"roberta", "xlm-roberta", "camembert", "longformer"}
 
@@ -30,7 +32,13 @@ def _quiet_transformers() -> None:
 
 
 def load_model_config(model_name_or_path: str) -> Any:
-    """The model's configuration (small: read before any weights, to validate options up front)."""
+    """The model's configuration (small: read before any weights, to validate options up front).
+
+    A local model directory whose weights are pickle files only (pytorch_model.bin) is refused here,
+    before anything reads them: weights are loaded from safetensors only.
+    """
+    if os.path.isdir(model_name_or_path):
+        require_safetensors(Path(model_name_or_path))
     _quiet_transformers()
     from transformers import AutoConfig
 
@@ -46,6 +54,25 @@ def load_model_config(model_name_or_path: str) -> Any:
             f"--model: {local_hint}. Give a Hub model id that is reachable or cached, or a local "
             f"directory written by save_pretrained. ({type(error).__name__}: {str(error).splitlines()[0]})"
         ) from None
+
+
+def require_safetensors(model_dir: Path) -> None:
+    """Refuse a model directory that holds pickle weights (pytorch_model.bin, *.pt, ...) and no safetensors.
+
+    Unpickling runs code chosen by whoever wrote the file, so such weights are never read; the
+    message says how to convert them on a machine where the file's source is trusted.
+    """
+    if any(model_dir.glob("*.safetensors")):
+        return
+    pickled = sorted(path.name for path in model_dir.iterdir() if path.name.endswith(_PICKLE_WEIGHT_SUFFIXES))
+    if pickled:
+        raise ConfigError(
+            f"--model: {model_dir} holds pickle weights ({', '.join(pickled[:3])}) and no model.safetensors; "
+            "bert-classify reads safetensors only, since unpickling can run code. If you trust the file's source, "
+            "convert it once: python -c \"import sys; from transformers import AutoModelForSequenceClassification as M; "
+            "M.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[1], safe_serialization=True)\" "
+            f"{model_dir}"
+        )
 
 
 def max_sequence_length(model_config: Any) -> int:
@@ -87,6 +114,7 @@ def load_for_training(model_name_or_path: str, class_names: Sequence[str], freez
         label2id=label2id,
         ignore_mismatched_sizes=True,
         problem_type="single_label_classification",
+        use_safetensors=True,  # never unpickle: a Hub model without safetensors is refused
     )
     if freeze_encoder:
         freeze_all_but_head(model)

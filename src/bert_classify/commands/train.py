@@ -10,7 +10,14 @@ import argparse
 import os
 from typing import Any
 
-from bert_classify.config import BEST_METRICS, DATA_FORMATS, DEFAULT_MODEL, PRECISIONS, TrainConfig
+from bert_classify.config import (
+    BEST_METRICS,
+    DATA_FORMATS,
+    DEFAULT_MODEL,
+    PRECISIONS,
+    TrainConfig,
+    check_output_locations,
+)
 from bert_classify.errors import ConfigError
 
 
@@ -67,6 +74,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     output = parser.add_argument_group("output")
     output.add_argument("--output-dir", help="where the trained model and metrics go (default: output)")
     output.add_argument("--metrics-dir", help="extra copy of metrics.json (SageMaker: SM_OUTPUT_DATA_DIR)")
+    output.add_argument(
+        "--overwrite-output-dir",
+        action="store_true",
+        help="replace a model that another run left in --output-dir (a re-run of the same run needs no flag)",
+    )
     output.add_argument("--log-every-steps", type=int, help="progress line every N steps (default: 20)")
     checkpoints = parser.add_argument_group("checkpoints (spot interruptions)")
     checkpoints.add_argument("--checkpoint-dir", help="write and resume checkpoints here (SageMaker: /opt/ml/checkpoints)")
@@ -93,6 +105,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     config.validate()
+    check_output_locations(config)  # before torchrun starts: one clear line, not one per rank
     nproc = getattr(args, "nproc", None)
     if nproc is not None and nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, not {nproc}.")

@@ -6,8 +6,9 @@ Every reader (built-in formats and plug-ins) ends in `LabeledData` with 0-based 
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from bert_classify.errors import DataError
@@ -86,12 +87,13 @@ def check_class_names(class_names: Sequence[str], origin: str) -> list[str]:
 
 def sorted_label_names(labels: set[str]) -> list[str]:
     """Distinct label strings in a stable order: numerically when all are integers ('2' before '10')."""
-    if labels and all(_is_integer(label) for label in labels):
+    if labels and all(is_integer(label) for label in labels):
         return sorted(labels, key=lambda label: (int(label), label))
     return sorted(labels)
 
 
-def _is_integer(text: str) -> bool:
+def is_integer(text: str) -> bool:
+    """Whether `text` reads as a whole number (a class index rather than a class name)."""
     try:
         int(text)
     except ValueError:
@@ -99,8 +101,124 @@ def _is_integer(text: str) -> bool:
     return True
 
 
+def labels_to_ids(
+    labels: Sequence[str | int],
+    class_names: Sequence[str] | None,
+    where: Callable[[int], str],
+    *,
+    index_base: int = 0,
+    fix: str,
+) -> tuple[list[int], list[str]]:
+    """The one label map of every reader: each label becomes a 0-based id into the returned class names.
+
+    A str label is a class name; an int label is a class index counted from `index_base` (1 in the
+    DBpedia layout, 0 for plug-ins). Without `class_names` the classes are the labels seen: names
+    sorted (numerically when all are integers), or indices `index_base`..K named by their decimal
+    string, which must then leave none out. `where(position)` names the file and line (or record)
+    of the label at `position` in messages; `fix` is the sentence that ends every message.
+    """
+    if class_names is None:
+        kinds = {type(label) for label in labels}
+        if kinds == {int}:
+            return _contiguous_indices([int(label) for label in labels], where, index_base, fix)
+        if kinds != {str}:
+            position = next(i for i, label in enumerate(labels) if isinstance(label, int))
+            raise DataError(f"{where(position)}: an integer label among class names; mixing needs a label map. {fix}")
+        class_names = sorted_label_names({str(label) for label in labels})
+    names = list(class_names)
+    ids_by_name = {name: index for index, name in enumerate(names)}
+    ids: list[int] = []
+    for position, label in enumerate(labels):
+        if isinstance(label, int):
+            if not index_base <= label < index_base + len(names):
+                raise DataError(
+                    f"{where(position)}: class index {_number(label)} is outside {index_base}..{index_base + len(names) - 1} "
+                    f"({len(names)} classes: {describe_classes(names)}). {fix}"
+                )
+            ids.append(label - index_base)
+            continue
+        index = ids_by_name.get(label)
+        if index is None:
+            hint = (
+                " Text labels are matched as names; class indices belong in the headerless DBpedia layout."
+                if is_integer(label) else ""
+            )
+            raise DataError(
+                f"{where(position)}: label '{clip(label)}' is not one of the {len(names)} known classes "
+                f"({describe_classes(names)}). {fix}{hint}"
+            )
+        ids.append(index)
+    return ids, names
+
+
+def _contiguous_indices(
+    indices: list[int], where: Callable[[int], str], index_base: int, fix: str
+) -> tuple[list[int], list[str]]:
+    low, high = min(indices), max(indices)
+    if low < index_base:
+        raise DataError(
+            f"{where(indices.index(low))}: class index {_number(low)}; indices count from {index_base} "
+            f"({index_base}-based, {index_base}..K). {fix}"
+        )
+    distinct = set(indices)
+    # Walk only as far as the first gaps: `high` may be huge (a 4,000-digit index), the set is not.
+    missing = list(itertools.islice((i for i in range(index_base, high + 1) if i not in distinct), 11))
+    if missing:
+        shown = ", ".join(str(index) for index in missing[:10]) + (" ..." if len(missing) > 10 else "")
+        raise DataError(
+            f"{where(indices.index(high))}: class indices go up to {_number(high)} but never use {shown}; without a list of "
+            f"class names the indices must be {index_base}..K with none missing. {fix}"
+        )
+    return [index - index_base for index in indices], [str(index) for index in range(index_base, high + 1)]
+
+
+def _number(value: int) -> str:
+    """An integer for a message: huge ones (a hostile file) by their size, never by thousands of digits."""
+    if abs(value) < 10**18:
+        return str(value)
+    return f"{'-' if value < 0 else ''}(an integer of about {int(value.bit_length() * 0.30103)} digits)"
+
+
+def unicode_problem(text: str) -> str | None:
+    """Why `text` is not valid Unicode text (a lone surrogate from a JSON escape such as \\ud800), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return (
+            f"character {error.start + 1} is a lone UTF-16 surrogate (U+{ord(text[error.start]):04X}), which is not "
+            "text; write the character itself or a complete surrogate pair."
+        )
+    return None
+
+
+def unused_classes(data: LabeledData) -> list[str]:
+    """Class names that no example of `data` carries (listed in classes.txt, absent from the file)."""
+    used = set(data.labels)
+    return [name for index, name in enumerate(data.class_names) if index not in used]
+
+
+def describe_class_differences(
+    first: Sequence[str], second: Sequence[str], *, position: str, start: int, limit: int = 5
+) -> str:
+    """"<position> 2: 'b' vs 'c'; 3 classes vs 2" for the one message that says two class lists differ."""
+    differences = [
+        f"{position} {index}: '{mine}' vs '{theirs}'"
+        for index, (mine, theirs) in enumerate(zip(first, second), start=start)
+        if mine != theirs
+    ]
+    if len(first) != len(second):
+        differences.append(f"{len(first)} classes vs {len(second)}")
+    return "; ".join(differences[:limit]) + (" ..." if len(differences) > limit else "")
+
+
+def clip(text: str, limit: int = 40) -> str:
+    """`text` shortened for a one-line message: line breaks shown as \\n, at most `limit` characters."""
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def describe_classes(class_names: Sequence[str], limit: int = 20) -> str:
     """'A, B, C' (shortened past `limit` names) for error messages."""
-    shown = ", ".join(f"'{name}'" for name in class_names[:limit])
+    shown = ", ".join(f"'{clip(name)}'" for name in class_names[:limit])
     more = len(class_names) - limit
     return shown + (f" and {more} more" if more > 0 else "")

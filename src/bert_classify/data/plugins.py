@@ -13,7 +13,13 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
-from bert_classify.data.labels import LabeledData, check_class_names, describe_classes, sorted_label_names
+from bert_classify.data.labels import (
+    LabeledData,
+    check_class_names,
+    describe_class_differences,
+    labels_to_ids,
+    unicode_problem,
+)
 from bert_classify.errors import BertClassifyError, DataError
 
 
@@ -64,7 +70,13 @@ def read_with_plugin(spec: str, path: str | None, *, class_names: list[str] | No
     if not texts:
         raise DataError(f"{source}: the plug-in yielded no records; it must yield (text, label) pairs.")
     names = _class_names(instance, spec, source, class_names)
-    labels, names = _map_labels(raw_labels, names, source)
+    labels, names = labels_to_ids(
+        raw_labels,
+        names,
+        lambda position: f"{source}: record {position + 1}",
+        fix="Integer labels are 0-based class ids and text labels class names; fix the plug-in's labels, or give it "
+        "a class_names attribute or pass --classes.",
+    )
     return LabeledData(texts, labels, names, source)
 
 
@@ -99,8 +111,12 @@ def _import_reader(spec: str) -> Any:
                 f"(classes it defines: {', '.join(public) or 'none'})."
             )
         target = getattr(target, part)
-    if not callable(target):
-        raise DataError(f"--reader '{spec}': '{attribute_path}' is not a class; it must be constructible as {attribute_path}(path).")
+    if not isinstance(target, type):
+        # A function would be called with the data path: `--reader os:system` would run a command.
+        raise DataError(
+            f"--reader '{spec}': '{attribute_path}' is a {type(target).__name__}, not a class; --reader names a "
+            f"class constructible as {attribute_path}(path) (see bert_classify.data.RecordReader)."
+        )
     return target
 
 
@@ -140,6 +156,10 @@ def _check_record(record: Any, number: int, source: str) -> tuple[str, str | int
     text, label = record
     if not isinstance(text, str) or not text.strip():
         raise DataError(f"{source}: record {number}: text must be a non-empty str, not {_short_repr(text)}.")
+    for what, value in (("text", text), ("label", label)):
+        problem = unicode_problem(value) if isinstance(value, str) else None
+        if problem is not None:
+            raise DataError(f"{source}: record {number}: {what}: {problem}")
     if isinstance(label, str):
         if not label.strip():
             raise DataError(f"{source}: record {number}: empty label; give a class name or a 0-based class id.")
@@ -159,61 +179,11 @@ def _class_names(instance: Any, spec: str, source: str, given: list[str] | None)
         raise DataError(f"{source}: class_names must be a list of str, not {_short_repr(own)}.")
     own = check_class_names(list(own), f"{source}: class_names")
     if given is not None and own != given:
-        differences = [
-            f"{index}: '{mine}' vs '{theirs}'"
-            for index, (mine, theirs) in enumerate(zip(own, given))
-            if mine != theirs
-        ]
-        if len(own) != len(given):
-            differences.append(f"{len(own)} classes vs {len(given)}")
         raise DataError(
             f"{source}: the plug-in's class_names differ from the given class names (plug-in vs given: "
-            f"{'; '.join(differences[:5])}). Drop --classes, or make them agree."
+            f"{describe_class_differences(own, given, position='id', start=0)}). Drop --classes, or make them agree."
         )
     return own
-
-
-def _map_labels(raw_labels: list[str | int], names: list[str] | None, source: str) -> tuple[list[int], list[str]]:
-    if names is None:
-        kinds = {type(label) for label in raw_labels}
-        if kinds == {int}:
-            ids = [int(label) for label in raw_labels]
-            high = max(ids)
-            unused = sorted(set(range(high + 1)).difference(ids))
-            if min(ids) < 0 or unused:
-                bad = f"a negative id ({min(ids)})" if min(ids) < 0 else f"ids up to {high} but never {unused[0]}"
-                raise DataError(
-                    f"{source}: integer labels are 0-based class ids, and these have {bad}; give the plug-in a "
-                    "class_names attribute or pass --classes."
-                )
-            return ids, [str(index) for index in range(high + 1)]
-        if kinds == {str}:
-            names = sorted_label_names({str(label) for label in raw_labels})
-        else:
-            first_int = next(number for number, label in enumerate(raw_labels, start=1) if isinstance(label, int))
-            raise DataError(
-                f"{source}: record {first_int} has an integer label but others are names; mixing needs a label map: "
-                "give the plug-in a class_names attribute or pass --classes."
-            )
-    ids_by_name = {name: index for index, name in enumerate(names)}
-    labels: list[int] = []
-    for number, label in enumerate(raw_labels, start=1):
-        if isinstance(label, int):
-            if not 0 <= label < len(names):
-                raise DataError(
-                    f"{source}: record {number}: class id {label} is outside 0..{len(names) - 1} "
-                    f"({len(names)} classes: {describe_classes(names)})."
-                )
-            labels.append(label)
-        else:
-            index = ids_by_name.get(label)
-            if index is None:
-                raise DataError(
-                    f"{source}: record {number}: label '{label}' is not one of the {len(names)} known classes "
-                    f"({describe_classes(names)})."
-                )
-            labels.append(index)
-    return labels, list(names)
 
 
 def _describe(error: BaseException) -> str:

@@ -18,8 +18,10 @@ from bert_classify.config import DATA_FORMATS  # one list of formats, defined wi
 from bert_classify.data.labels import (
     LabeledData,
     check_class_names,
-    describe_classes,
-    sorted_label_names,
+    clip,
+    is_integer,
+    labels_to_ids,
+    unicode_problem,
 )
 from bert_classify.errors import ConfigError, DataError
 
@@ -67,8 +69,7 @@ def load_labeled_data(
     _check_format(data_format, DATA_FORMATS)
     if _resolve_by_extension(path, data_format) == "jsonl":
         texts, raw_labels, lines = _read_jsonl(path, text_column or DEFAULT_TEXT_COLUMN, label_column or DEFAULT_LABEL_COLUMN)
-        labels, class_list = _map_names(raw_labels, lines, names, path)
-        return LabeledData(texts, labels, class_list, path)
+        return _labeled(texts, raw_labels, lines, names, path)
     with _open_source(path) as handle:
         records = _csv_records(handle, path)
         first = _first_record(records, path)
@@ -80,10 +81,8 @@ def load_labeled_data(
                 first, records, path, text_column or DEFAULT_TEXT_COLUMN, label_column or DEFAULT_LABEL_COLUMN
             )
     if layout == "dbpedia":
-        labels, class_list = _map_indices(indices, lines, names, path)
-    else:
-        labels, class_list = _map_names(raw_labels, lines, names, path)
-    return LabeledData(texts, labels, class_list, path)
+        return _labeled(texts, indices, lines, names, path, index_base=1)
+    return _labeled(texts, raw_labels, lines, names, path)
 
 
 def read_texts(path: str | os.PathLike[str], *, data_format: str = "auto", text_column: str | None = None) -> list[str]:
@@ -217,14 +216,6 @@ def _first_record(records: Iterator[tuple[int, list[str]]], source: str) -> tupl
     return first
 
 
-def _is_class_index(field: str) -> bool:
-    try:
-        int(field)
-    except ValueError:
-        return False
-    return True
-
-
 def _csv_layout(
     first: tuple[int, list[str]], data_format: str, source: str, text_column: str | None, label_column: str | None
 ) -> str:
@@ -233,7 +224,7 @@ def _csv_layout(
         layout = data_format
     else:
         row = first[1]
-        layout = "dbpedia" if len(row) >= 2 and _is_class_index(row[0]) else "csv"
+        layout = "dbpedia" if len(row) >= 2 and is_integer(row[0]) else "csv"
     if layout == "dbpedia" and (text_column is not None or label_column is not None):
         flag = "--text-column" if text_column is not None else "--label-column"
         why = "was chosen with --data-format dbpedia" if data_format == "dbpedia" else (
@@ -268,7 +259,7 @@ def _read_dbpedia(
         except ValueError:
             hint = " (a header line? use --data-format csv)" if line == 1 else ""
             raise DataError(
-                f"{source}:{line}: class index '{_clip(row[0])}' is not an integer{hint}; the first field of "
+                f"{source}:{line}: class index '{clip(row[0])}' is not an integer{hint}; the first field of "
                 "each line is the 1-based class index."
             ) from None
         if width == 3:
@@ -331,7 +322,7 @@ def _read_header_csv(
 def _column_index(columns: list[str], wanted: str, flag: str, source: str, line: int) -> int:
     if wanted in columns:
         return columns.index(wanted)
-    present = ", ".join(f"'{_clip(name)}'" for name in columns) or "none"
+    present = ", ".join(f"'{clip(name)}'" for name in columns) or "none"
     raise DataError(
         f"{source}:{line}: no column '{wanted}' in the header (columns present: {present}); pass {flag} "
         "with one of these. Line 1 of a CSV is read as its header; a headerless file whose first field is a "
@@ -355,10 +346,6 @@ def _chain_first(first: tuple[int, list[str]], rest: Iterator[tuple[int, list[st
     yield from rest
 
 
-def _clip(text: str, limit: int = 40) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 # ------------------------------------------------------------------------------ JSON Lines / text
 def _read_jsonl(path: str, text_field: str, label_field: str | None) -> tuple[list[str], list[str], list[int]]:
     """Texts, label strings (a JSON integer label becomes its decimal string) and line numbers."""
@@ -370,30 +357,41 @@ def _read_jsonl(path: str, text_field: str, label_field: str | None) -> tuple[li
         for line, raw in enumerate(decoded, start=1):
             if not raw.strip():
                 raise DataError(f"{source}:{line}: blank line; remove it (each line must be one JSON object).")
+            example = f'{{"{text_field}": "some text"' + (f', "{label_field}": "a class"}}' if label_field else "}")
             try:
                 record = json.loads(raw)
             except json.JSONDecodeError as error:
                 raise DataError(
                     f"{source}:{line}: invalid JSON ({error.msg} at column {error.colno}); each line must be one "
-                    f'JSON object such as {{"{text_field}": "some text"'
-                    + (f', "{label_field}": "a class"}}' if label_field else "}")
-                    + "."
+                    f"JSON object such as {example}."
+                ) from None
+            except RecursionError:
+                raise DataError(
+                    f"{source}:{line}: JSON nested too deeply to read; each line must be one flat JSON object such "
+                    f"as {example}."
+                ) from None
+            except ValueError:  # the one ValueError json.loads raises beyond JSONDecodeError
+                raise DataError(
+                    f"{source}:{line}: a number longer than {_max_digits():,} digits; write it as a "
+                    "string (in quotes) or shorten it."
                 ) from None
             if not isinstance(record, dict):
                 raise DataError(f"{source}:{line}: a JSON {type(record).__name__}, not an object; each line must be one JSON object.")
             text = _json_field(record, text_field, "--text-column", source, line)
             if not isinstance(text, str) or not text.strip():
                 raise DataError(
-                    f"{source}:{line}: field '{text_field}' must be a non-empty string, not {_clip(json.dumps(text))}."
+                    f"{source}:{line}: field '{text_field}' must be a non-empty string, not {clip(json.dumps(text))}."
                 )
+            _check_unicode(text, f"{source}:{line}: field '{text_field}'")
             texts.append(text)
             if label_field is not None:
                 label = _json_field(record, label_field, "--label-column", source, line)
                 if isinstance(label, bool) or not isinstance(label, (str, int)) or not str(label).strip():
                     raise DataError(
                         f"{source}:{line}: field '{label_field}' must be a class name (string) or integer, "
-                        f"not {_clip(json.dumps(label))}."
+                        f"not {clip(json.dumps(label))}."
                     )
+                _check_unicode(str(label), f"{source}:{line}: field '{label_field}'")
                 labels.append(str(label).strip())
                 lines.append(line)
     if not texts:
@@ -401,10 +399,15 @@ def _read_jsonl(path: str, text_field: str, label_field: str | None) -> tuple[li
     return texts, labels, lines
 
 
+def _max_digits() -> int:
+    """Python's limit on the digits of an integer read from text (3.11+; earlier versions have none)."""
+    return int(getattr(sys, "get_int_max_str_digits", lambda: 4300)())
+
+
 def _json_field(record: dict, name: str, flag: str, source: str, line: int) -> object:
     if name in record:
         return record[name]
-    present = ", ".join(f"'{_clip(key)}'" for key in record) or "none"
+    present = ", ".join(f"'{clip(key)}'" for key in record) or "none"
     raise DataError(f"{source}:{line}: no field '{name}' (fields present: {present}); pass {flag} with one of these.")
 
 
@@ -424,53 +427,27 @@ def _read_plain_lines(path: str, source: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------- label maps
-def _map_indices(
-    indices: list[int], lines: list[int], class_names: list[str] | None, source: str
-) -> tuple[list[int], list[str]]:
-    """1-based DBpedia class indices -> 0-based ids (and the class names)."""
-    low, high = min(indices), max(indices)
-    if class_names is not None:
-        count = len(class_names)
-        if low < 1 or high > count:
-            position = next(i for i, index in enumerate(indices) if not 1 <= index <= count)
-            raise DataError(
-                f"{source}:{lines[position]}: class index {indices[position]} is outside 1..{count}: the class names "
-                f"list {count} classes ({describe_classes(class_names)}). Fix the index, or add the class to the "
-                "classes file (line N names index N)."
-            )
-        return [index - 1 for index in indices], list(class_names)
-    if low < 1:
-        position = indices.index(low)
-        raise DataError(
-            f"{source}:{lines[position]}: class index {low}; DBpedia-layout indices are 1-based (1..K). "
-            "Renumber from 1, or use a CSV with a header and class names as labels."
-        )
-    missing = sorted(set(range(1, high + 1)).difference(indices))
-    if missing:
-        shown = ", ".join(str(index) for index in missing[:10]) + (" ..." if len(missing) > 10 else "")
-        raise DataError(
-            f"{source}: class indices go up to {high} but never use {shown}; without --classes the indices must be "
-            "1..K with none missing. Give --classes FILE (line N names index N) or renumber the classes."
-        )
-    return [index - 1 for index in indices], [str(index) for index in range(1, high + 1)]
+def _labeled(
+    texts: list[str],
+    raw_labels: Sequence[str | int],
+    lines: list[int],
+    class_names: list[str] | None,
+    source: str,
+    *,
+    index_base: int = 0,
+) -> LabeledData:
+    """DBpedia indices (`index_base` 1) or label names -> LabeledData with 0-based ids."""
+    fix = (
+        "Fix the index, or give --classes FILE naming every class (line N names index N)."
+        if index_base == 1 else "Fix the label, or add the class to the classes file."
+    )
+    labels, names = labels_to_ids(
+        raw_labels, class_names, lambda position: f"{source}:{lines[position]}", index_base=index_base, fix=fix
+    )
+    return LabeledData(texts, labels, names, source)
 
 
-def _map_names(
-    raw_labels: list[str], lines: list[int], class_names: list[str] | None, source: str
-) -> tuple[list[int], list[str]]:
-    """Label strings -> 0-based ids in class_names order, or sorted order without class names."""
-    names = class_names if class_names is not None else sorted_label_names(set(raw_labels))
-    ids = {name: index for index, name in enumerate(names)}
-    labels = [ids.get(label, -1) for label in raw_labels]
-    if class_names is not None and -1 in labels:
-        position = labels.index(-1)
-        label = raw_labels[position]
-        hint = (
-            " Labels here are matched as names; class indices belong in the headerless DBpedia layout."
-            if _is_class_index(label) else ""
-        )
-        raise DataError(
-            f"{source}:{lines[position]}: label '{_clip(label)}' is not one of the {len(names)} known classes "
-            f"({describe_classes(names)}). Fix the label or add the class to the classes file.{hint}"
-        )
-    return labels, list(names)
+def _check_unicode(text: str, where: str) -> None:
+    problem = unicode_problem(text)
+    if problem is not None:
+        raise DataError(f"{where}: {problem}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -180,8 +181,14 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from bert_classify.errors import ConfigError
     from bert_classify.inference.server import ServerConfig, serve
 
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port}: must be a TCP port from 0 to 65535 (0: the system picks a free one).")
+    for flag, value in (("--request-timeout-s", args.request_timeout_s), ("--max-batch-delay-ms", args.max_batch_delay_ms)):
+        if not math.isfinite(value):
+            raise ConfigError(f"{flag} {value}: must be a finite number.")
     config = ServerConfig(
         max_batch_size=args.max_batch_size,
         max_batch_delay_ms=args.max_batch_delay_ms,

@@ -10,12 +10,18 @@ from __future__ import annotations
 import os
 import shutil
 import tarfile
+import zlib
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from bert_classify.errors import BertClassifyError, ConfigError
+from bert_classify.errors import ConfigError
 
 CODE_DIR = "code"
+# Caps on what extracting one archive may write (a gzip bomb or a million-file archive is refused).
+DEFAULT_MAX_ARCHIVE_BYTES = 32 * 1024**3
+DEFAULT_MAX_ARCHIVE_FILES = 10_000
+MAX_ARCHIVE_BYTES_VARIABLE = "BERT_CLASSIFY_MAX_ARCHIVE_BYTES"
+MAX_ARCHIVE_FILES_VARIABLE = "BERT_CLASSIFY_MAX_ARCHIVE_FILES"
 # Not model files: regenerated (code), training state (checkpoints) or editor/OS clutter.
 _EXCLUDED_TOP_LEVEL = {CODE_DIR, "checkpoints", "__pycache__"}
 
@@ -127,30 +133,63 @@ def _no_links(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
     return member
 
 
-def extract_archive(archive: Path, target: Path) -> Path:
-    """Extract a model.tar.gz into `target`, refusing any member that would land outside it.
+def extract_archive(
+    archive: Path, target: Path, *, max_bytes: int | None = None, max_files: int | None = None
+) -> Path:
+    """Extract a model.tar.gz into `target`, refusing anything that would land outside it or fill the disk.
 
-    Links, devices and absolute or `..` paths are refused with an error naming the member.
+    The one safe extraction of the project (the predictor and the SageMaker model channel both
+    call it). Checked member by member from the headers, before anything is written: absolute or
+    `..` paths, links, devices; more than `max_files` entries (default 10,000, or the
+    BERT_CLASSIFY_MAX_ARCHIVE_FILES environment variable) or more than `max_bytes` in all once
+    unpacked (default 32 GiB, or BERT_CLASSIFY_MAX_ARCHIVE_BYTES). Each refusal names the member.
     """
     archive = Path(archive)
     target = Path(target)
+    max_bytes = _limit(max_bytes, MAX_ARCHIVE_BYTES_VARIABLE, DEFAULT_MAX_ARCHIVE_BYTES)
+    max_files = _limit(max_files, MAX_ARCHIVE_FILES_VARIABLE, DEFAULT_MAX_ARCHIVE_FILES)
     target.mkdir(parents=True, exist_ok=True)
     root = target.resolve()
     try:
         with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            for member in members:
+            members: list[tarfile.TarInfo] = []
+            unpacked_bytes = 0
+            for member in tar:  # headers one at a time: a hostile archive stops at its first excess
+                members.append(member)
+                if len(members) > max_files:
+                    raise ConfigError(
+                        f"'{archive}': more than {max_files:,} entries (at '{member.name}'); a model archive holds a "
+                        f"few dozen. If it is genuine, raise {MAX_ARCHIVE_FILES_VARIABLE}."
+                    )
+                name = PurePosixPath(member.name)
                 destination = (root / member.name).resolve()
-                if os.path.isabs(member.name) or not destination.is_relative_to(root):
-                    raise BertClassifyError(f"'{archive}': member '{member.name}' would be written outside the target.")
+                if name.is_absolute() or ".." in name.parts or not destination.is_relative_to(root):
+                    raise ConfigError(f"'{archive}': member '{member.name}' would be written outside the target.")
                 if not (member.isfile() or member.isdir()):
-                    raise BertClassifyError(
+                    raise ConfigError(
                         f"'{archive}': member '{member.name}' is a link or special file; model archives hold plain files."
+                    )
+                unpacked_bytes += member.size
+                if unpacked_bytes > max_bytes:
+                    raise ConfigError(
+                        f"'{archive}': unpacks to more than {max_bytes:,} bytes (at '{member.name}'); refusing it. "
+                        f"If it is genuine, raise {MAX_ARCHIVE_BYTES_VARIABLE}."
                     )
             if hasattr(tarfile, "data_filter"):
                 tar.extractall(root, members=members, filter="data")
             else:  # Python < 3.11.4: the checks above are the whole protection
                 tar.extractall(root, members=members)  # noqa: S202
-    except (tarfile.TarError, OSError, EOFError) as error:
-        raise BertClassifyError(f"'{archive}' is not a readable .tar.gz archive ({error}).") from None
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+        raise ConfigError(f"'{archive}' is not a readable .tar.gz archive ({error}).") from None
     return target
+
+
+def _limit(given: int | None, variable: str, default: int) -> int:
+    if given is not None:
+        return given
+    value = os.environ.get(variable, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{variable} must be a whole number >= 1, not {value!r}.")
+    return int(value)

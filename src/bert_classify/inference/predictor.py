@@ -191,6 +191,7 @@ class Classifier:
                 f"--model: '{model_dir}' is not a model directory (no config.json). Give a directory "
                 "written by `bert-classify train` or save_pretrained, or a model.tar.gz from `bert-classify package`."
             )
+        from bert_classify.config import MIN_SEQ_LEN
         from bert_classify.modeling import load_model_config, load_tokenizer, max_sequence_length
 
         model_config = load_model_config(str(path))
@@ -199,8 +200,10 @@ class Classifier:
         tokenizer_limit = getattr(tokenizer, "model_max_length", limit) or limit
         if max_length is None:
             max_length = min(limit, int(tokenizer_limit) if tokenizer_limit < 10**6 else limit)
-        elif not 1 < max_length <= limit:
-            raise ConfigError(f"--max-seq-len {max_length}: must be between 2 and the model's limit of {limit} tokens.")
+        elif not MIN_SEQ_LEN <= max_length <= limit:
+            raise ConfigError(
+                f"--max-seq-len {max_length}: must be between {MIN_SEQ_LEN} and the model's limit of {limit} tokens."
+            )
         class_names = _class_names(model_config)
         multi_label = getattr(model_config, "problem_type", None) == "multi_label_classification"
 

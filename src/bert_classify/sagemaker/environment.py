@@ -10,10 +10,9 @@ import hashlib
 import json
 import os
 import shutil
-import tarfile
 import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from bert_classify.errors import ConfigError
 
@@ -146,7 +145,9 @@ def _extract_once(archive: Path, environ: Mapping[str, str]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{identity}.", dir=root))
     try:
-        safe_extract(archive, staging)
+        from bert_classify.inference.package import extract_archive
+
+        extract_archive(archive, staging)
         try:
             staging.rename(target)
         except OSError:
@@ -156,32 +157,6 @@ def _extract_once(archive: Path, environ: Mapping[str, str]) -> Path:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-def safe_extract(archive: Path, target: Path) -> None:
-    """Extract a tar archive refusing members that would land outside `target` or are not plain files/dirs."""
-    target = target.resolve()
-    with tarfile.open(archive, "r:*") as tar:
-        members = tar.getmembers()
-        for member in members:
-            name = PurePosixPath(member.name)
-            destination = (target / member.name).resolve()
-            if (
-                name.is_absolute()
-                or ".." in name.parts
-                or not (destination == target or target in destination.parents)
-            ):
-                raise ConfigError(
-                    f"{archive}: member '{member.name}' would be written outside {target}; refusing the archive."
-                )
-            if not (member.isfile() or member.isdir()):
-                raise ConfigError(
-                    f"{archive}: member '{member.name}' is a link or device, not a plain file; refusing the archive."
-                )
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(target, members=members, filter="data")
-        else:  # Python < 3.10.12: members were checked above
-            tar.extractall(target, members=members)
 
 
 def boolean_flags_to_cli(argv: Sequence[str]) -> list[str]:
@@ -240,7 +215,7 @@ def distributed_settings(environ: Mapping[str, str] | None = None) -> dict:
     MASTER_PORT in the environment overrides the port.
     """
     environ = os.environ if environ is None else environ
-    port = int(environ.get("MASTER_PORT") or DEFAULT_MASTER_PORT)
+    port = _master_port(environ)
     hosts_json = environ.get("SM_HOSTS")
     if not hosts_json:
         return {
@@ -266,6 +241,17 @@ def distributed_settings(environ: Mapping[str, str] | None = None) -> dict:
         "master_addr": hosts[0],
         "master_port": port,
     }
+
+
+def _master_port(environ: Mapping[str, str]) -> int:
+    value = environ.get("MASTER_PORT") or str(DEFAULT_MASTER_PORT)
+    port = int(value) if value.strip().isdigit() else -1
+    if not 1 <= port <= 65535:
+        raise ConfigError(
+            f"MASTER_PORT must be a TCP port number from 1 to 65535, not {value[:40]!r}; fix or unset it "
+            f"(default {DEFAULT_MASTER_PORT})."
+        )
+    return port
 
 
 def _local_gpu_count(environ: Mapping[str, str]) -> int:

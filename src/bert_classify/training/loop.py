@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from bert_classify import modeling
-from bert_classify.config import TrainConfig, auto_learning_rate
+from bert_classify.config import TrainConfig, auto_learning_rate, check_output_locations
 from bert_classify.data.collate import pad_batch
 from bert_classify.errors import CheckpointError, ConfigError
 from bert_classify.training import checkpoint as ckpt
@@ -106,6 +106,7 @@ def train(config: TrainConfig, *, faults: FaultPlan | None = None) -> TrainResul
     it is read from BERT_CLASSIFY_* variables, which are unset in normal use.
     """
     config.validate()
+    check_output_locations(config)
     context = init_distributed()
     try:
         trainer = Trainer(config, context, faults=faults)
@@ -174,11 +175,15 @@ class Trainer:
 
     def _setup_data(self) -> None:
         from bert_classify.data import load_labeled_data, read_class_names, stratified_split
+        from bert_classify.data.labels import describe_classes, unused_classes
 
         config = self.config
         class_names = read_class_names(config.classes) if config.classes else None
         options = dict(data_format=config.data_format, text_column=config.text_column, label_column=config.label_column)
         train_data = load_labeled_data(config.train, class_names=class_names, reader=config.reader, **options)
+        unused = unused_classes(train_data)
+        if unused:
+            self.log(f"warning: {len(unused)} classes have no training examples in {train_data.source}: {describe_classes(unused)}")
         if config.val:
             val_data = load_labeled_data(
                 config.val, class_names=train_data.class_names, reader=config.reader, **options
@@ -598,6 +603,11 @@ class Trainer:
         output_dir = Path(self.config.output_dir)
         if self.context.is_main:
             output_dir.mkdir(parents=True, exist_ok=True)
+            resolved = {**self.config.to_dict(), "learning_rate": self.learning_rate, "precision": self.precision,
+                        "world_size": self.context.world_size, "effective_batch_size": self.effective_batch_size,
+                        "class_names": self.class_names}
+            # Written first: a re-run after a kill mid-write recognises the half-written model as its own.
+            (output_dir / "training_config.json").write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
             if self.best_state is not None:
                 self.model.load_state_dict(self.best_state)
             self.model.save_pretrained(output_dir, safe_serialization=True)
@@ -611,13 +621,9 @@ class Trainer:
                 "final_step": self.state.global_step,
                 "early_stopped": self.state.early_stopped,
             }
-            resolved = {**self.config.to_dict(), "learning_rate": self.learning_rate, "precision": self.precision,
-                        "world_size": self.context.world_size, "effective_batch_size": self.effective_batch_size,
-                        "class_names": self.class_names}
             for directory in {output_dir, Path(self.config.metrics_dir or output_dir)}:
                 directory.mkdir(parents=True, exist_ok=True)
                 (directory / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-            (output_dir / "training_config.json").write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
             self.log(
                 f"saved model to {output_dir} (best val {self.config.best_metric} "
                 f"{self.state.best_metric_value:.4f} at step {self.state.best_step})"
