@@ -67,9 +67,11 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
     from bert_classify.sagemaker.launch import (
         DEFAULT_FRAMEWORK_VERSION,
         DEFAULT_INSTANCE_TYPE,
+        DEFAULT_MAX_RETRY_ATTEMPTS,
         DEFAULT_PY_VERSION,
         DISTRIBUTIONS,
         LAUNCHER_OWNED_FLAGS,
+        TENSORBOARD_DIR,
         train_flag_specs,
     )
 
@@ -132,6 +134,28 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
         help="S3 location for uploaded data and code (default: s3://sagemaker-<region>-<account>/bert-classify)",
     )
     job.add_argument("--volume-size", type=int, default=30, help="EBS volume per instance, GB (default: 30)")
+    job.add_argument(
+        "--max-retry-attempts",
+        type=int,
+        default=DEFAULT_MAX_RETRY_ATTEMPTS,
+        help="SageMaker restarts a job that failed on an internal error or for lack of capacity up to this many "
+        f"times; 0 = never (default: {DEFAULT_MAX_RETRY_ATTEMPTS})",
+    )
+    job.add_argument(
+        "--keep-alive-seconds",
+        type=duration_seconds,
+        help="keep the instances warm this long after the job for the next matching job (warm pool, at most 1h; "
+        "on-demand only: needs --no-spot)",
+    )
+    job.add_argument(
+        "--tensorboard",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"sync {TENSORBOARD_DIR} to S3 during the job (default: on)",
+    )
+    job.add_argument(
+        "--tensorboard-s3-uri", help="where TensorBoard events go (default: <s3-prefix>/<job-name>/tensorboard)"
+    )
     job.add_argument(
         "--wait",
         action="store_true",
@@ -246,13 +270,22 @@ def _run_train(args: argparse.Namespace) -> int:
         tags=dict(args.tags),
         environment=dict(args.environment),
         region=args.region,
+        max_retry_attempts=args.max_retry_attempts,
+        keep_alive_seconds=args.keep_alive_seconds,
+        tensorboard=args.tensorboard,
+        tensorboard_s3_uri=args.tensorboard_s3_uri,
     )
     launch_training(options, dry_run=args.dry_run, wait=args.wait)
     return 0
 
 
 def _register_deploy(commands: argparse._SubParsersAction) -> None:
-    from bert_classify.sagemaker.deploy import DEFAULT_ENDPOINT_INSTANCE_TYPE, SERVERLESS_MEMORY_SIZES
+    from bert_classify.sagemaker.deploy import (
+        DEFAULT_ENDPOINT_INSTANCE_TYPE,
+        DEFAULT_HF_TRANSFORMERS_VERSION,
+        IMAGES,
+        SERVERLESS_MEMORY_SIZES,
+    )
     from bert_classify.sagemaker.launch import DEFAULT_FRAMEWORK_VERSION, DEFAULT_PY_VERSION
 
     parser = commands.add_parser(
@@ -289,11 +322,19 @@ def _register_deploy(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-concurrency", type=int, default=5, help="serverless concurrent invocations (default: 5)"
     )
-    parser.add_argument("--image-uri", help="inference image (default: the AWS PyTorch inference image)")
+    parser.add_argument(
+        "--image",
+        choices=IMAGES,
+        default="pytorch",
+        help="AWS inference image: the PyTorch one, or the Hugging Face one (transformers "
+        f"{DEFAULT_HF_TRANSFORMERS_VERSION}); the same model.tar.gz serves on both (default: pytorch)",
+    )
+    parser.add_argument("--image-uri", help="inference image URI (overrides --image)")
     parser.add_argument(
         "--framework-version",
         default=DEFAULT_FRAMEWORK_VERSION,
-        help=f"(default: {DEFAULT_FRAMEWORK_VERSION})",
+        help=f"PyTorch version of the pytorch image, transformers version of the huggingface image "
+        f"(default: {DEFAULT_FRAMEWORK_VERSION} / {DEFAULT_HF_TRANSFORMERS_VERSION})",
     )
     parser.add_argument("--py-version", default=DEFAULT_PY_VERSION, help=f"(default: {DEFAULT_PY_VERSION})")
     parser.add_argument("--kms-key", help="KMS key for the endpoint's storage")
@@ -335,6 +376,7 @@ def _run_deploy(args: argparse.Namespace) -> int:
         memory_size_mb=args.memory_size,
         max_concurrency=args.max_concurrency,
         image_uri=args.image_uri,
+        image=args.image,
         framework_version=args.framework_version,
         py_version=args.py_version,
         kms_key=args.kms_key,

@@ -7,9 +7,7 @@ calls); `launch_training` uploads local data and our code, sends it, and optiona
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import re
 import sys
 import tempfile
 import time
@@ -47,7 +45,11 @@ _FLOAT = r"([-+]?(?:[0-9]*\.[0-9]+|[0-9]+)(?:[eE][-+]?[0-9]+)?|nan|inf)"
 METRIC_NAMES = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1")
 METRIC_DEFINITIONS = [{"Name": name, "Regex": rf"metric: {name}={_FLOAT} step="} for name in METRIC_NAMES]
 TERMINAL_STATUSES = ("Completed", "Failed", "Stopped")
-_JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+# SageMaker retries a job that fails with an internal error or for lack of capacity (RetryStrategy).
+DEFAULT_MAX_RETRY_ATTEMPTS = 2
+MAX_RETRY_ATTEMPTS = 30
+MAX_KEEP_ALIVE_SECONDS = 3600  # SageMaker's limit for warm pools
+TENSORBOARD_DIR = "/opt/ml/output/tensorboard"
 
 
 @dataclass
@@ -85,6 +87,10 @@ class TrainingJobOptions:
     tags: dict[str, str] = field(default_factory=dict)
     environment: dict[str, str] = field(default_factory=dict)
     region: str | None = None
+    max_retry_attempts: int = DEFAULT_MAX_RETRY_ATTEMPTS  # 0: no RetryStrategy
+    keep_alive_seconds: int | None = None  # warm pool (on-demand only)
+    tensorboard: bool = True
+    tensorboard_s3_uri: str | None = None  # default: <s3-prefix>/<job>/tensorboard
 
 
 @dataclass
@@ -130,11 +136,29 @@ def validate_options(options: TrainingJobOptions) -> None:
         raise ConfigError(f"--volume-size must be >= 1 GB, not {options.volume_size_gb}.")
     if bool(options.subnets) != bool(options.security_group_ids):
         raise ConfigError("--subnets and --security-group-ids go together: a VPC configuration needs both.")
-    if options.job_name is not None and not _JOB_NAME.match(options.job_name):
+    if options.job_name is not None and not aws.RESOURCE_NAME.match(options.job_name):
         raise ConfigError(
             f"--job-name '{options.job_name}' is invalid: 1-63 letters, digits and hyphens, starting with a letter or digit."
         )
+    if not 0 <= options.max_retry_attempts <= MAX_RETRY_ATTEMPTS:
+        raise ConfigError(
+            f"--max-retry-attempts must be between 0 and {MAX_RETRY_ATTEMPTS}, not {options.max_retry_attempts}."
+        )
+    if options.keep_alive_seconds is not None:
+        if not 1 <= options.keep_alive_seconds <= MAX_KEEP_ALIVE_SECONDS:
+            raise ConfigError(
+                f"--keep-alive-seconds must be between 1 and {MAX_KEEP_ALIVE_SECONDS} (SageMaker's warm-pool limit), "
+                f"not {options.keep_alive_seconds}."
+            )
+        if options.spot:
+            raise ConfigError(
+                "--keep-alive-seconds: SageMaker warm pools cannot be used with managed spot training; "
+                "add --no-spot to keep on-demand instances warm, or drop --keep-alive-seconds."
+            )
+    if options.tensorboard_s3_uri is not None and not options.tensorboard:
+        raise ConfigError("--tensorboard-s3-uri and --no-tensorboard contradict each other; drop one.")
     for flag, uri in (
+        ("--tensorboard-s3-uri", options.tensorboard_s3_uri),
         ("--checkpoint-s3-uri", options.checkpoint_s3_uri),
         ("--output-path", options.output_path),
         ("--s3-prefix", options.s3_prefix),
@@ -309,7 +333,24 @@ def build_training_request(
         }
     if options.tags:
         request["Tags"] = [{"Key": key, "Value": value} for key, value in options.tags.items()]
+    request.update(job_reliability_settings(options, job_prefix))
+    if options.keep_alive_seconds is not None:
+        request["ResourceConfig"]["KeepAlivePeriodInSeconds"] = options.keep_alive_seconds
     return LaunchPlan(request=request, uploads=uploads, source_uri=source_uri)
+
+
+def job_reliability_settings(options: TrainingJobOptions, job_prefix: str) -> dict[str, Any]:
+    """RetryStrategy and TensorBoardOutputConfig of a training job (shared with the tuning job's definition)."""
+    settings: dict[str, Any] = {}
+    if options.max_retry_attempts:
+        # SageMaker retries jobs that fail with InternalServerError, which covers insufficient capacity.
+        settings["RetryStrategy"] = {"MaximumRetryAttempts": options.max_retry_attempts}
+    if options.tensorboard:
+        settings["TensorBoardOutputConfig"] = {
+            "S3OutputPath": options.tensorboard_s3_uri or f"{job_prefix}/tensorboard",
+            "LocalPath": TENSORBOARD_DIR,
+        }
+    return settings
 
 
 def launch_training(
@@ -323,13 +364,16 @@ def launch_training(
 ) -> dict[str, Any]:
     """Create the training job; return the CreateTrainingJob request (and, with wait, the final description).
 
-    dry_run prints the request as JSON and sends nothing (the account is looked up only when the
-    default bucket must be named). wait follows status and logs to the end and reports the spot saving.
+    dry_run prints the request as JSON and makes no AWS call at all (no credentials or network needed):
+    without --s3-prefix the default bucket's account is `<ACCOUNT_ID>`, said on stderr. wait follows
+    status and logs to the end and reports the spot saving.
     """
     validate_options(options)
     session = session or aws.make_session(options.region)
     region = aws.session_region(session, options.region)
-    account_id = None if options.s3_prefix else aws.account_id(session)
+    account_id = None
+    if not options.s3_prefix:
+        account_id = dry_run_account(dry_run) or aws.account_id(session)
     image_uri = options.image_uri or aws.framework_image_uri(
         region, options.instance_type, options.framework_version, options.py_version, scope="training"
     )
@@ -369,6 +413,17 @@ def launch_training(
     if wait:
         result["description"] = wait_for_training_job(session, job_name, out=out, poll_seconds=poll_seconds)
     return result
+
+
+def dry_run_account(dry_run: bool) -> str | None:
+    """The account placeholder of a dry run (said on stderr), or None when the account must be asked."""
+    if not dry_run:
+        return None
+    aws.note(
+        f"dry run: the AWS account is not looked up; {aws.ACCOUNT_PLACEHOLDER} stands for it in the default "
+        "bucket (pass --s3-prefix to name the bucket)."
+    )
+    return aws.ACCOUNT_PLACEHOLDER
 
 
 def wait_for_training_job(
@@ -516,11 +571,3 @@ def _s3_channel(name: str, uri: str) -> dict[str, Any]:
             }
         },
     }
-
-
-def options_from_dict(values: Mapping[str, Any]) -> TrainingJobOptions:
-    names = {f.name for f in dataclasses.fields(TrainingJobOptions)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(f"unknown launch option(s): {', '.join(unknown)}")
-    return TrainingJobOptions(**values)

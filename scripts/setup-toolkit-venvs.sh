@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create the venvs in which tests/test_inference_toolkits.py drives the real SageMaker serving toolkits:
+#   .venv-hf      sagemaker-huggingface-inference-toolkit 2.6.0 + transformers 4.49.0 (the HF DLC 4.49 image)
+#   .venv-pytorch sagemaker-pytorch-inference 2.0.25 (the PyTorch 2.6 inference image's toolkit)
+# torch is pinned to the local CPU wheel (constraints-cpu.txt). Tests skip with a reason when a venv is absent.
+# Usage: bash scripts/setup-toolkit-venvs.sh [hf|pytorch ...]   (default: both)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+targets=("${@:-hf pytorch}")
+for target in ${targets[*]}; do
+  venv=".venv-$target"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  case "$target" in
+    hf) packages=("sagemaker-huggingface-inference-toolkit==2.6.0" "transformers==4.49.0") ;;
+    pytorch) packages=("sagemaker-pytorch-inference==2.0.25" "transformers==4.49.0") ;;
+    *) echo "unknown toolkit venv: $target (hf, pytorch)" >&2; exit 2 ;;
+  esac
+  "$venv/bin/pip" install -q -c constraints-cpu.txt "torch==2.13.0" "${packages[@]}" \
+    "tokenizers" "safetensors" "numpy" "pytest"
+done
