@@ -1,4 +1,4 @@
-"""`bert-classify sagemaker train|deploy|invoke|delete`: parse flags and call launch.py / deploy.py.
+"""`bert-classify sagemaker train|tune|deploy|invoke|delete`: parse flags and call launch.py / deploy.py.
 
 The training options of `sagemaker train` are the `train` command's own flags, read from its parser,
 so the two stay in step; they travel to the job as hyper-parameters.
@@ -49,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
     commands = parser.add_subparsers(dest="sagemaker_command", metavar="SUBCOMMAND")
     _register_train(commands)
+    _register_tune(commands)
     _register_deploy(commands)
     _register_invoke(commands)
     _register_delete(commands)
@@ -64,6 +65,19 @@ def _add_common(parser: argparse.ArgumentParser, *, role: bool = True) -> None:
 
 
 def _register_train(commands: argparse._SubParsersAction) -> None:
+
+    parser = commands.add_parser(
+        "train",
+        help="launch a training job (managed spot by default)",
+        description="Create a SageMaker training job that runs `bert-classify train` on the data channels given. "
+        "Local files are uploaded under --s3-prefix first. Training options are those of `bert-classify train`.",
+    )
+    _add_training_job_arguments(parser, tuning=False)
+    parser.set_defaults(func=_run_train)
+
+
+def _add_training_job_arguments(parser: argparse.ArgumentParser, *, tuning: bool) -> None:
+    """The options of one training job: `sagemaker train`'s, and the definition of `sagemaker tune`'s jobs."""
     from bert_classify.sagemaker.launch import (
         DEFAULT_FRAMEWORK_VERSION,
         DEFAULT_INSTANCE_TYPE,
@@ -75,12 +89,6 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
         train_flag_specs,
     )
 
-    parser = commands.add_parser(
-        "train",
-        help="launch a training job (managed spot by default)",
-        description="Create a SageMaker training job that runs `bert-classify train` on the data channels given. "
-        "Local files are uploaded under --s3-prefix first. Training options are those of `bert-classify train`.",
-    )
     _add_common(parser)
     data = parser.add_argument_group("data and model (S3 URIs, or local paths uploaded first)")
     data.add_argument("--train", help="training data file: s3://bucket/key or a local file (required)")
@@ -92,7 +100,8 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
         "anything else is a Hugging Face id downloaded in the job",
     )
     job = parser.add_argument_group("job")
-    job.add_argument("--job-name", help="training job name (default: bert-classify-<timestamp>)")
+    if not tuning:
+        job.add_argument("--job-name", help="training job name (default: bert-classify-<timestamp>)")
     job.add_argument(
         "--instance-type", default=DEFAULT_INSTANCE_TYPE, help=f"(default: {DEFAULT_INSTANCE_TYPE})"
     )
@@ -141,25 +150,29 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
         help="SageMaker restarts a job that failed on an internal error or for lack of capacity up to this many "
         f"times; 0 = never (default: {DEFAULT_MAX_RETRY_ATTEMPTS})",
     )
-    job.add_argument(
-        "--keep-alive-seconds",
-        type=duration_seconds,
-        help="keep the instances warm this long after the job for the next matching job (warm pool, at most 1h; "
-        "on-demand only: needs --no-spot)",
-    )
-    job.add_argument(
-        "--tensorboard",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help=f"sync {TENSORBOARD_DIR} to S3 during the job (default: on)",
-    )
-    job.add_argument(
-        "--tensorboard-s3-uri", help="where TensorBoard events go (default: <s3-prefix>/<job-name>/tensorboard)"
-    )
+    if not tuning:  # a tuning job's training definition has neither warm pools nor TensorBoard output
+        job.add_argument(
+            "--keep-alive-seconds",
+            type=duration_seconds,
+            help="keep the instances warm this long after the job for the next matching job (warm pool, at most "
+            "1h; on-demand only: needs --no-spot)",
+        )
+        job.add_argument(
+            "--tensorboard",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help=f"sync {TENSORBOARD_DIR} to S3 during the job (default: on)",
+        )
+        job.add_argument(
+            "--tensorboard-s3-uri",
+            help="where TensorBoard events go (default: <s3-prefix>/<job-name>/tensorboard)",
+        )
     job.add_argument(
         "--wait",
         action="store_true",
-        help="follow status and logs to the end; report billable vs training seconds",
+        help="follow the tuning job to the end; report the best training job"
+        if tuning
+        else "follow status and logs to the end; report billable vs training seconds and the spot saving",
     )
     image = parser.add_argument_group("container image")
     image.add_argument(
@@ -231,16 +244,22 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
                 help=action.help,
                 metavar=action.metavar or flag.upper().replace("-", "_"),
             )
-    parser.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from bert_classify.sagemaker.launch import TrainingJobOptions, launch_training
+    from bert_classify.sagemaker.launch import launch_training
+
+    launch_training(_training_job_options(args), dry_run=args.dry_run, wait=args.wait)
+    return 0
+
+
+def _training_job_options(args: argparse.Namespace):  # -> TrainingJobOptions
+    from bert_classify.sagemaker.launch import TrainingJobOptions
 
     hyperparameters = {
         key.split(":", 1)[1]: value for key, value in vars(args).items() if key.startswith("hyperparameter:")
     }
-    options = TrainingJobOptions(
+    return TrainingJobOptions(
         role=args.role,
         train=args.train,
         val=args.val,
@@ -256,7 +275,7 @@ def _run_train(args: argparse.Namespace) -> int:
         checkpoint_s3_uri=args.checkpoint_s3_uri,
         output_path=args.output_path,
         s3_prefix=args.s3_prefix,
-        job_name=args.job_name,
+        job_name=getattr(args, "job_name", None),
         image_uri=args.image_uri,
         framework_version=args.framework_version,
         py_version=args.py_version,
@@ -271,11 +290,100 @@ def _run_train(args: argparse.Namespace) -> int:
         environment=dict(args.environment),
         region=args.region,
         max_retry_attempts=args.max_retry_attempts,
-        keep_alive_seconds=args.keep_alive_seconds,
-        tensorboard=args.tensorboard,
-        tensorboard_s3_uri=args.tensorboard_s3_uri,
+        keep_alive_seconds=getattr(args, "keep_alive_seconds", None),
+        tensorboard=getattr(args, "tensorboard", False),
+        tensorboard_s3_uri=getattr(args, "tensorboard_s3_uri", None),
     )
-    launch_training(options, dry_run=args.dry_run, wait=args.wait)
+
+
+def _float_range(value: str) -> tuple[float, float]:
+    low, separator, high = value.partition(":")
+    try:
+        if not separator:
+            raise ValueError
+        return float(low), float(high)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW:HIGH such as 1e-5:5e-4, not '{value}'") from None
+
+
+def _int_range(value: str) -> tuple[int, int]:
+    low, separator, high = value.partition(":")
+    try:
+        if not separator:
+            raise ValueError
+        return int(low), int(high)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers LOW:HIGH such as 2:5, not '{value}'") from None
+
+
+def _int_list(value: str) -> list[int]:
+    try:
+        return [int(item) for item in _comma_list(value)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers such as 16,32, not '{value}'") from None
+
+
+def _register_tune(commands: argparse._SubParsersAction) -> None:
+    from bert_classify.sagemaker.tune import EARLY_STOPPING, OBJECTIVES, STRATEGIES
+
+    parser = commands.add_parser(
+        "tune",
+        help="launch a hyper-parameter tuning job over our training job (managed spot by default)",
+        description="Create a SageMaker HyperParameterTuningJob whose training jobs run `bert-classify train`, "
+        "each on managed spot with its own checkpoints. Options not tuned are fixed for every job.",
+    )
+    _add_training_job_arguments(parser, tuning=True)
+    tuning = parser.add_argument_group("tuning")
+    tuning.add_argument("--tuning-job-name", help="1-32 characters (default: bc-tune-<timestamp>)")
+    tuning.add_argument(
+        "--objective",
+        choices=tuple(OBJECTIVES),
+        default="val_macro_f1",
+        help="metric line to optimise: val_macro_f1 / val_accuracy maximised, val_loss minimised (default: val_macro_f1)",
+    )
+    tuning.add_argument(
+        "--learning-rate-range",
+        type=_float_range,
+        default=(1e-5, 5e-4),
+        metavar="LOW:HIGH",
+        help="learning rate, searched on a log scale (default: 1e-5:5e-4)",
+    )
+    tuning.add_argument(
+        "--no-learning-rate-range",
+        dest="learning_rate_range",
+        action="store_const",
+        const=None,
+        help="do not tune the learning rate",
+    )
+    tuning.add_argument("--batch-sizes", type=_int_list, metavar="N,N,...", help="batch sizes to try, e.g. 16,32")
+    tuning.add_argument("--epochs-range", type=_int_range, metavar="LOW:HIGH", help="epochs, e.g. 2:5")
+    tuning.add_argument("--warmup-ratio-range", type=_float_range, metavar="LOW:HIGH", help="warm-up ratio, e.g. 0:0.1")
+    tuning.add_argument("--max-jobs", type=int, default=10, help="training jobs in all (default: 10)")
+    tuning.add_argument("--max-parallel-jobs", type=int, default=2, help="training jobs at once (default: 2)")
+    tuning.add_argument(
+        "--early-stopping", choices=EARLY_STOPPING, default="Auto", help="stop unpromising jobs early (default: Auto)"
+    )
+    tuning.add_argument("--strategy", choices=STRATEGIES, default="Bayesian", help="(default: Bayesian)")
+    parser.set_defaults(func=_run_tune)
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    from bert_classify.sagemaker.tune import TuningOptions, launch_tuning
+
+    options = TuningOptions(
+        training=_training_job_options(args),
+        objective=args.objective,
+        learning_rate=args.learning_rate_range,
+        batch_sizes=args.batch_sizes,
+        epochs=args.epochs_range,
+        warmup_ratio=args.warmup_ratio_range,
+        max_jobs=args.max_jobs,
+        max_parallel_jobs=args.max_parallel_jobs,
+        early_stopping=args.early_stopping,
+        strategy=args.strategy,
+        tuning_job_name=args.tuning_job_name,
+    )
+    launch_tuning(options, dry_run=args.dry_run, wait=args.wait)
     return 0
 
 

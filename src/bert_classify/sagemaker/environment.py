@@ -18,6 +18,9 @@ from pathlib import Path, PurePosixPath
 from bert_classify.errors import ConfigError
 
 CHECKPOINT_DIR = "/opt/ml/checkpoints"
+# Set (to "1") in a tuning job's training jobs: each checkpoints under CHECKPOINT_DIR/<its job name>, so
+# parallel jobs never resume from one another's state. SageMaker names the job in TRAINING_JOB_NAME.
+CHECKPOINT_PER_JOB_VARIABLE = "BERT_CLASSIFY_CHECKPOINT_PER_JOB"
 DEFAULT_MASTER_PORT = 29500
 # SM_CHANNEL_<NAME> -> TrainConfig field. The model channel is special: a model directory, not a file.
 FILE_CHANNELS = {"train": "train", "val": "val", "classes": "classes"}
@@ -60,7 +63,22 @@ def training_defaults(environ: Mapping[str, str] | None = None) -> dict[str, str
         if environ.get(variable):
             defaults[field] = environ[variable]
     defaults["checkpoint_dir"] = CHECKPOINT_DIR
+    if environ.get(CHECKPOINT_PER_JOB_VARIABLE) == "1":
+        job_name = environ.get("TRAINING_JOB_NAME") or _training_env(environ).get("job_name")
+        if not job_name:
+            raise ConfigError(
+                f"{CHECKPOINT_PER_JOB_VARIABLE}=1 but neither TRAINING_JOB_NAME nor SM_TRAINING_ENV names the job."
+            )
+        defaults["checkpoint_dir"] = f"{CHECKPOINT_DIR}/{job_name}"
     return defaults
+
+
+def _training_env(environ: Mapping[str, str]) -> dict:
+    try:
+        value = json.loads(environ.get("SM_TRAINING_ENV") or "{}")
+    except ValueError:
+        raise ConfigError("SM_TRAINING_ENV is not valid JSON; SageMaker sets it to a JSON object.") from None
+    return value if isinstance(value, dict) else {}
 
 
 def channel_file(channel: str, directory: Path) -> Path:
