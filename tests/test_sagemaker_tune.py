@@ -11,7 +11,6 @@ import pytest
 boto3 = pytest.importorskip("boto3")
 moto = pytest.importorskip("moto")
 
-from bert_classify.cli import main  # noqa: E402
 from bert_classify.errors import BertClassifyError, ConfigError  # noqa: E402
 from bert_classify.sagemaker import aws  # noqa: E402
 from bert_classify.sagemaker.environment import training_defaults  # noqa: E402
