@@ -1,7 +1,7 @@
 """`bert-classify sagemaker train|tune|deploy|invoke|delete`: parse flags and call launch.py / deploy.py.
 
-The training options of `sagemaker train` are the `train` command's own flags, read from its parser,
-so the two stay in step; they travel to the job as hyper-parameters.
+The training options of `sagemaker train` are the `train` command's own, from the one option table
+(bert_classify/train_options.py); they travel to the job as hyper-parameters.
 """
 
 from __future__ import annotations
@@ -65,7 +65,6 @@ def _add_common(parser: argparse.ArgumentParser, *, role: bool = True) -> None:
 
 
 def _register_train(commands: argparse._SubParsersAction) -> None:
-
     parser = commands.add_parser(
         "train",
         help="launch a training job (managed spot by default)",
@@ -84,10 +83,9 @@ def _add_training_job_arguments(parser: argparse.ArgumentParser, *, tuning: bool
         DEFAULT_MAX_RETRY_ATTEMPTS,
         DEFAULT_PY_VERSION,
         DISTRIBUTIONS,
-        LAUNCHER_OWNED_FLAGS,
         TENSORBOARD_DIR,
-        train_flag_specs,
     )
+    from bert_classify.train_options import TRAIN_OPTIONS
 
     _add_common(parser)
     data = parser.add_argument_group("data and model (S3 URIs, or local paths uploaded first)")
@@ -219,30 +217,28 @@ def _add_training_job_arguments(parser: argparse.ArgumentParser, *, tuning: bool
     training = parser.add_argument_group(
         "training options (as for `bert-classify train`; sent as hyper-parameters)"
     )
-    flags: list[str] = []
-    for flag, action in train_flag_specs().items():
-        if flag in LAUNCHER_OWNED_FLAGS or flag in flags:
+    for option in TRAIN_OPTIONS:
+        if option.launcher_owned:
             continue
-        flags.append(flag)
-        destination = f"hyperparameter:{flag}"
-        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        destination = f"hyperparameter:{option.flag}"
+        if option.switch:
             training.add_argument(
-                f"--{flag}",
+                f"--{option.flag}",
                 dest=destination,
                 action="store_const",
                 const="True",
                 default=argparse.SUPPRESS,
-                help=action.help,
+                help=option.help,
             )
         else:
-            # The value travels as text; launch.normalise_hyperparameters checks it with train's own parser.
+            # The value travels as text; launch.normalise_hyperparameters checks it with the option's parser.
             training.add_argument(
-                f"--{flag}",
+                f"--{option.flag}",
                 dest=destination,
-                choices=action.choices,
+                choices=option.choices,
                 default=argparse.SUPPRESS,
-                help=action.help,
-                metavar=action.metavar or flag.upper().replace("-", "_"),
+                help=option.help,
+                metavar=option.flag.upper().replace("-", "_"),
             )
 
 

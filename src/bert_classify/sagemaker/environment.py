@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
+from bert_classify import train_options
 from bert_classify.errors import ConfigError
 
 CHECKPOINT_DIR = "/opt/ml/checkpoints"
@@ -27,11 +28,6 @@ FILE_CHANNELS = {"train": "train", "val": "val", "classes": "classes"}
 MODEL_CHANNEL = "model"
 # Environment variable -> TrainConfig field, for plain directories.
 DIRECTORY_VARIABLES = {"SM_MODEL_DIR": "output_dir", "SM_OUTPUT_DATA_DIR": "metrics_dir"}
-# `train` flags that take no value. SageMaker passes every hyper-parameter as `--name value`, so
-# booleans arrive as "True"/"False"; `boolean_flags_to_cli` turns them back into these flags.
-BOOLEAN_FLAGS = ("freeze-encoder", "force-resume", "no-group-by-length")
-# `group-by-length False` is how a hyper-parameter naturally says `--no-group-by-length`.
-NEGATED_BOOLEAN_FLAGS = {"group-by-length": "no-group-by-length"}
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 # Where the model channel's archive is unpacked (one directory per archive, shared by the ranks of a node).
@@ -210,6 +206,12 @@ def boolean_flags_to_cli(argv: Sequence[str]) -> list[str]:
     Other arguments pass through unchanged. A boolean flag with no value (a hand-written
     command line) means True.
     """
+    # The on/off flags come from the one option table (train_options.py). SageMaker passes every
+    # hyper-parameter as `--name value`, so they arrive as "True"/"False". `group-by-length False`
+    # is how a hyper-parameter naturally says `--no-group-by-length`.
+    switches = [option for option in train_options.TRAIN_OPTIONS if option.switch]
+    boolean_flags = {option.flag for option in switches}
+    negated_flags = {option.field_flag: option.flag for option in switches if option.negated}
     result: list[str] = []
     index = 0
     argv = list(argv)
@@ -221,8 +223,8 @@ def boolean_flags_to_cli(argv: Sequence[str]) -> list[str]:
             continue
         name, has_inline, inline_value = item[2:].partition("=")
         name = name.replace("_", "-")
-        flag = NEGATED_BOOLEAN_FLAGS.get(name, name)
-        if name not in BOOLEAN_FLAGS and name not in NEGATED_BOOLEAN_FLAGS:
+        flag = negated_flags.get(name, name)
+        if name not in boolean_flags and name not in negated_flags:
             result.append(f"--{name}={inline_value}" if has_inline else f"--{name}")
             continue
         if has_inline:
@@ -233,7 +235,7 @@ def boolean_flags_to_cli(argv: Sequence[str]) -> list[str]:
         else:
             value = None
         enabled = True if value is None else _parse_bool(name, value)
-        if name in NEGATED_BOOLEAN_FLAGS:
+        if name in negated_flags:
             enabled = not enabled
         if enabled:
             result.append(f"--{flag}")

@@ -22,6 +22,7 @@ from bert_classify.errors import BertClassifyError, ConfigError
 from bert_classify.sagemaker import aws
 from bert_classify.sagemaker.environment import CHECKPOINT_DIR
 from bert_classify.sagemaker.source import ENTRY_SCRIPT_NAME, build_sourcedir
+from bert_classify.train_options import TRAIN_OPTIONS, find_option
 
 DEFAULT_INSTANCE_TYPE = "ml.g5.xlarge"
 DEFAULT_FRAMEWORK_VERSION = "2.6"
@@ -30,16 +31,7 @@ DEFAULT_MAX_RUN_SECONDS = 24 * 3600
 DISTRIBUTIONS = ("auto", "torchrun", "none")
 DATA_CHANNELS = ("train", "val", "classes")
 # `train` flags that the job sets itself: SageMaker's directories, or container-side paths only.
-LAUNCHER_OWNED_FLAGS = (
-    "train",
-    "val",
-    "classes",
-    "model",
-    "output-dir",
-    "metrics-dir",
-    "checkpoint-dir",
-    "nproc",
-)
+LAUNCHER_OWNED_FLAGS = tuple(option.flag for option in TRAIN_OPTIONS if option.launcher_owned)
 # SageMaker takes the first capture group of each regex from the job's log (our `metric:` lines).
 _FLOAT = r"([-+]?(?:[0-9]*\.[0-9]+|[0-9]+)(?:[eE][-+]?[0-9]+)?|nan|inf)"
 METRIC_NAMES = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1")
@@ -173,69 +165,53 @@ def validate_options(options: TrainingJobOptions) -> None:
 
 
 def normalise_hyperparameters(hyperparameters: Mapping[str, Any]) -> dict[str, str]:
-    """`train` options -> SageMaker hyper-parameters: `--flag-name` keys without dashes, string values.
+    """`train` options -> SageMaker hyper-parameters: flag names without dashes, string values.
 
-    Keys may be flags (`max-steps`) or TrainConfig fields (`max_steps`); booleans become "True"/"False"
-    (the entry script turns them back into flags); None drops the option. Values are checked with the
-    `train` command's own parsers and TrainConfig's validation, so a typo fails here, not on a spot instance.
+    Keys may be flags (`max-steps`, `no-group-by-length`) or TrainConfig fields (`max_steps`,
+    `group_by_length`); on/off options become "True"/"False" under their flag (the entry script turns
+    them back into flags: environment.boolean_flags_to_cli); None drops the option. Values are checked
+    with the option table's parsers and TrainConfig's validation, so a typo fails here, not on a spot instance.
     """
-    specs = train_flag_specs()
     result: dict[str, str] = {}
     typed: dict[str, Any] = {}
     for key, value in hyperparameters.items():
-        flag = str(key).lstrip("-").replace("_", "-")
-        if flag == "group-by-length":  # TrainConfig's field name for the --no-group-by-length switch
-            if value is None:
-                continue
-            flag, value = "no-group-by-length", not _as_bool(flag, value)
-        if flag in LAUNCHER_OWNED_FLAGS:
+        option = find_option(key)
+        flag = option.flag if option else str(key).lstrip("-").replace("_", "-")
+        if option is not None and option.launcher_owned:
             raise ConfigError(
                 f"hyper-parameter '{key}' is set by the launcher: use the launcher's own --{flag} option "
                 "(data and model channels, --output-path, --checkpoint-s3-uri)."
                 if flag != "nproc"
                 else "hyper-parameter 'nproc' is chosen by SageMaker: one process per GPU (see --distribution)."
             )
-        if flag not in specs:
+        if option is None or option.field is None:
             raise ConfigError(
                 f"unknown training option '{key}': see `bert-classify train --help` for the options."
             )
         if value is None:
             continue
-        action = specs[flag]
-        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if option.switch:
+            # A field name states the field's value (group_by_length=False); the flag states the switch's.
             enabled = _as_bool(flag, value)
+            if option.negated and str(key).lstrip("-").replace("_", "-") == option.field_flag:
+                enabled = not enabled  # group_by_length=False is the switch --no-group-by-length on
             result[flag] = "True" if enabled else "False"
-            typed[action.dest] = enabled if isinstance(action, argparse._StoreTrueAction) else not enabled
+            typed[option.field] = option.value_from_switch(enabled)
             continue
         text = str(value)
         try:
-            converted = action.type(text) if action.type else text
+            converted = option.parse(text) if option.parse else text
         except (argparse.ArgumentTypeError, ValueError, TypeError) as error:
             raise ConfigError(f"training option --{flag}: invalid value '{text}' ({error}).") from None
-        if action.choices is not None and converted not in action.choices:
+        if option.choices is not None and converted not in option.choices:
             raise ConfigError(
-                f"training option --{flag} must be one of {', '.join(map(str, action.choices))}, not '{text}'."
+                f"training option --{flag} must be one of {', '.join(map(str, option.choices))}, not '{text}'."
             )
         result[flag] = text
-        typed[action.dest] = converted
+        typed[option.field] = converted
     # Data comes from channels, so the file checks are skipped (`reader` stands in for them).
     TrainConfig.from_dict({**typed, "reader": typed.get("reader") or "sagemaker-channels"}).validate()
     return result
-
-
-def train_flag_specs() -> dict[str, argparse.Action]:
-    """The `train` command's own argument definitions, by flag name (one home for the training options)."""
-    from bert_classify.commands import train as train_command
-
-    parser = argparse.ArgumentParser(add_help=False)
-    train_command.register(parser.add_subparsers())
-    train_parser = next(iter(parser._subparsers._group_actions[0].choices.values()))  # type: ignore[union-attr]
-    specs: dict[str, argparse.Action] = {}
-    for action in train_parser._actions:
-        for option in action.option_strings:
-            if option.startswith("--") and option != "--help":
-                specs[option[2:]] = action
-    return specs
 
 
 def build_training_request(
