@@ -197,3 +197,22 @@ def test_cli_refuses_warm_pool_with_spot(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "warm pools cannot be used with managed spot training" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_without_sagemaker_core_the_image_comes_from_the_dlc_pattern(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from bert_classify.sagemaker import aws
+
+    monkeypatch.setitem(sys.modules, "sagemaker.core", None)  # import fails as if not installed
+    uri = aws.framework_image_uri("eu-central-1", "ml.g5.xlarge", "2.6", "py312", scope="training")
+    assert uri == "763104351884.dkr.ecr.eu-central-1.amazonaws.com/pytorch-training:2.6-gpu-py312"
+    assert "sagemaker-core is not installed" in capsys.readouterr().err
+
+
+def test_network_isolated_deploy_needs_an_image_that_has_our_dependencies(tmp_path: Path) -> None:
+    argv = ["deploy", "--dry-run", "--role", ROLE, "--model-data", "s3://out-bucket/m/model.tar.gz", "--network-isolation"]
+    refused = run_offline(tmp_path, *argv)
+    assert refused.returncode == 2
+    assert "cannot pip-install code/requirements.txt; use --image huggingface" in refused.stderr
+    accepted = run_offline(tmp_path, *argv, "--image", "huggingface")
+    assert accepted.returncode == 0, accepted.stderr
+    assert json.loads(accepted.stdout)["CreateModel"]["EnableNetworkIsolation"] is True
