@@ -94,7 +94,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=2000, help="test texts to classify (default: 2000)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
-        "--max-length", type=int, default=None, help="truncation for every path (default: the model's limit, 512)"
+        "--max-seq-len", "--max-length", dest="max_length", type=int, default=None, help="truncation for every path (default: the model's limit, 512)"
     )
     parser.add_argument("--finetuned", type=Path, default=None, help="a fine-tuned DBpedia model directory")
     parser.add_argument("--finetune-rows", type=int, default=0, help="fine-tune the MiniLM on this many rows first")
@@ -158,7 +158,7 @@ def main() -> int:
     peer(warmup, **peer_options)
     extras: dict[str, dict[str, Any]] = {}
     if not args.no_onnx:
-        from bert_classify.inference.onnx_runtime import export_onnx
+        from bert_classify.inference.onnx_export import export_onnx
 
         (fp32_path, int8_path), export_seconds = timed(lambda: export_onnx(model_dir, scratch / "onnx", quantize=True))
         print(f"  exported ONNX fp32 + int8 in {export_seconds:.1f} s", flush=True)

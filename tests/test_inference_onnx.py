@@ -64,3 +64,19 @@ def test_missing_or_broken_onnx_file_is_a_user_error(exported_model_dir: Path, t
     broken.write_bytes(b"not a model")
     with pytest.raises(BertClassifyError, match="not a loadable ONNX model"):
         Classifier.from_pretrained(exported_model_dir, runtime="onnx", onnx_file=str(broken))
+
+
+def test_the_onnx_runtime_does_not_import_the_predictor_or_the_export() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bert_classify.inference.onnx_runtime\n"
+        "loaded = [name for name in ('bert_classify.inference.predictor', 'bert_classify.inference.onnx_export') "
+        "if name in sys.modules]\n"
+        "assert not loaded, loaded\n"
+        "import bert_classify.inference.predictor\n"
+        "assert 'bert_classify.inference.onnx_export' not in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

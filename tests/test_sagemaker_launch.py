@@ -18,6 +18,7 @@ moto = pytest.importorskip("moto")
 from bert_classify.cli import main  # noqa: E402
 from bert_classify.errors import BertClassifyError, ConfigError  # noqa: E402
 from bert_classify.sagemaker import aws  # noqa: E402
+from bert_classify.sagemaker.forwarding import container_command  # noqa: E402
 from bert_classify.sagemaker.launch import (  # noqa: E402
     METRIC_DEFINITIONS,
     TrainingJobOptions,
@@ -180,6 +181,9 @@ def test_dry_run_of_a_multi_node_spot_job_prints_the_exact_request(aws_session, 
         "TrainingInputMode": "File",
         "MetricDefinitions": METRIC_DEFINITIONS,
         "EnableSageMakerMetricsTimeSeries": True,
+        # the PID-1 signal forwarder in front of the image's own entry (tests/test_sagemaker_pid1.py)
+        "ContainerEntrypoint": container_command()[0],
+        "ContainerArguments": ["bash", "-m", "start_with_right_hostname.sh", "train"],
     }
     assert request["ResourceConfig"] == {"InstanceType": "ml.g5.12xlarge", "InstanceCount": 2, "VolumeSizeInGB": 30}
     assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 6 * 3600, "MaxWaitTimeInSeconds": 12 * 3600}

@@ -3,6 +3,8 @@
 A worker waits for the first request, then gathers more until `max_batch_size` texts or until that
 first request has waited `max_batch_delay_s`, runs the model once in a worker thread, and hands each
 request its own rows back. A request is never split; one larger than the limit runs alone.
+A text is whatever `run_batch` takes per row: the server submits token ids, each request encoded
+(and refused, if it must be) on its own before it can join anyone's batch.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ import concurrent.futures
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 
 @dataclass
 class _Pending:
-    texts: list[str]
+    texts: Sequence[Any]
     future: asyncio.Future[np.ndarray]
     arrived: float = field(default_factory=time.monotonic)
 
@@ -57,7 +60,7 @@ class DynamicBatcher:
 
     def __init__(
         self,
-        run_batch: Callable[[Sequence[str]], np.ndarray],
+        run_batch: Callable[[Sequence[Any]], np.ndarray],
         *,
         max_batch_size: int = 32,
         max_batch_delay_s: float = 0.005,
@@ -78,7 +81,7 @@ class DynamicBatcher:
         self._wakeup = asyncio.Event()
         self._worker = asyncio.create_task(self._run(), name="dynamic-batcher")
 
-    async def warm_up(self, texts: list[str]) -> float:
+    async def warm_up(self, texts: Sequence[Any]) -> float:
         """Run `texts` through the model once, in the model's thread, outside the counters; seconds taken.
 
         The first forward pass pays one-off costs (kernel selection, memory pools, lazy imports):
@@ -101,7 +104,7 @@ class DynamicBatcher:
     def accepting(self) -> bool:
         return self._worker is not None and not self._closing and not self._worker.done()
 
-    async def submit(self, texts: list[str]) -> np.ndarray:
+    async def submit(self, texts: Sequence[Any]) -> np.ndarray:
         """Rows of `run_batch`'s output for these texts, in their order."""
         if not self.accepting:
             raise RuntimeError("the batcher is not running")

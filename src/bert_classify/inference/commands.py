@@ -1,6 +1,6 @@
 """CLI commands of the inference package: `predict`, `serve`, `package`, `export-onnx`.
 
-Each parses its flags and calls the library (predictor, server, package, onnx_runtime); no logic here.
+Each parses its flags and calls the library (predictor, server, package, onnx_export); no logic here.
 """
 
 from __future__ import annotations
@@ -52,8 +52,13 @@ def _add_model_options(parser: argparse.ArgumentParser, *, model_required: bool 
         "AVX512-BF16/AMX), else fp32 (default: auto)",
     )
     model.add_argument(
-        "--max-length", type=int, default=None, help="truncate texts to this many tokens (default: the model's limit)"
+        "--max-seq-len",
+        type=int,
+        default=None,
+        help="truncate texts to this many tokens (default: the model's own, which train sets to its --max-seq-len)",
     )
+    # The old name, kept working but out of --help.
+    model.add_argument("--max-length", dest="max_seq_len", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def _load(args: argparse.Namespace):  # -> Classifier; import kept lazy so that --help stays fast
@@ -64,7 +69,7 @@ def _load(args: argparse.Namespace):  # -> Classifier; import kept lazy so that 
         args.device,
         runtime=args.runtime,
         onnx_file=args.onnx_file,
-        max_length=args.max_length,
+        max_length=args.max_seq_len,
         precision=args.precision,
     )
 
@@ -114,6 +119,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="texts per forward pass within a merged batch, length-sorted (default: 8 on CPU, all on GPU)",
     )
     serve.add_argument("--request-timeout-s", type=float, default=60.0, help="unanswered by then: 503 (default: 60)")
+    serve.add_argument(
+        "--header-timeout-s", type=float, default=10.0, help="request headers not complete by then: 408 (default: 10)"
+    )
     serve.add_argument("--no-access-log", dest="access_log", action="store_false", help="no per-request log line")
     serve.set_defaults(func=run_serve)
 
@@ -180,6 +188,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         max_texts_per_request=args.max_texts_per_request,
         request_timeout_s=args.request_timeout_s,
+        header_timeout_s=args.header_timeout_s,
         forward_batch_size=args.forward_batch_size,
     )
     config.validate()  # before loading the model: a bad flag fails in milliseconds
@@ -197,7 +206,7 @@ def run_package(args: argparse.Namespace) -> int:
 
 
 def run_export_onnx(args: argparse.Namespace) -> int:
-    from bert_classify.inference.onnx_runtime import export_onnx
+    from bert_classify.inference.onnx_export import export_onnx
 
     written = export_onnx(
         Path(args.model), Path(args.output_dir) if args.output_dir else None, quantize=args.quantize

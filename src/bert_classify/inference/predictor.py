@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from bert_classify.data.collate import pad_batch
 from bert_classify.errors import BertClassifyError, ConfigError
 
 RUNTIMES = ("torch", "onnx")
@@ -114,11 +115,12 @@ class Classifier:
     Build it with `Classifier.from_pretrained(directory)`. `predict_proba` returns an (n, C) array
     of probabilities in input order (softmax; sigmoid for multi-label models); `predict` returns one
     `{"label", "score"}` dict per text, plus `"top_k"` (a list of `{"label", "score"}`, best first)
-    when `top_k > 1`.
+    when `top_k > 1`. `encode` + `predict_encoded` split `predict_proba` in two, so that the server
+    tokenises (and refuses) each request on its own before merging requests into one batch.
 
     Raises `BertClassifyError` (ConfigError) for a directory that is not a classification model,
-    a runtime it does not know, a missing ONNX file, or bad arguments (non-string texts,
-    `top_k < 1`, `batch_size < 1`).
+    a runtime it does not know, a missing ONNX file, or bad arguments (non-string texts, texts
+    that are not valid Unicode, `top_k < 1`, `batch_size < 1`).
     """
 
     def __init__(
@@ -160,8 +162,9 @@ class Classifier:
 
         `device`: None picks CUDA when available, else CPU. `runtime`: "torch" or "onnx" (needs the
         `onnx` extra and a file written by `bert-classify export-onnx`; `onnx_file` is relative to
-        the model directory unless absolute, default `onnx/model.onnx`). `max_length`: truncate
-        inputs to this many tokens (default: the tokenizer's limit, capped by the model's positions).
+        the model directory unless absolute, default `onnx/model.onnx`). `max_length` (`--max-seq-len`):
+        truncate inputs to this many tokens; default: the tokenizer's `model_max_length`, which
+        `bert-classify train` sets to its `--max-seq-len`, capped by the model's position table.
         `precision` (torch runtime): "auto" runs bf16 autocast where the device computes bf16 natively
         (bf16 GPUs; CPUs with AVX512-BF16/AMX), else fp32; "fp32" or "bf16" forces one.
         """
@@ -197,7 +200,7 @@ class Classifier:
         if max_length is None:
             max_length = min(limit, int(tokenizer_limit) if tokenizer_limit < 10**6 else limit)
         elif not 1 < max_length <= limit:
-            raise ConfigError(f"--max-length {max_length}: must be between 2 and the model's limit of {limit} tokens.")
+            raise ConfigError(f"--max-seq-len {max_length}: must be between 2 and the model's limit of {limit} tokens.")
         class_names = _class_names(model_config)
         multi_label = getattr(model_config, "problem_type", None) == "multi_label_classification"
 
@@ -232,23 +235,48 @@ class Classifier:
         )
 
     # ------------------------------------------------------------------------------ prediction
+    @property
+    def torch_model(self) -> Any:
+        """The transformers model of the torch runtime (None for ONNX): what `export-onnx` traces."""
+        return getattr(self.backend, "model", None)
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids per text, truncated at `max_length`, unpadded. Raises BertClassifyError for bad texts."""
+        texts = _check_texts(texts)
+        if not texts:
+            return []
+        return list(
+            self.tokenizer(
+                texts, truncation=True, max_length=self.max_length, padding=False, return_attention_mask=False
+            )["input_ids"]
+        )
+
+    def pad(self, sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids, attention_mask) for token-id sequences, padded as this model's tokenizer pads."""
+        return pad_batch(sequences, self.pad_token_id, pad_left=self.pad_left)
+
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Raw logits (float32, shape (batch, classes)) of one padded batch, on this classifier's runtime."""
+        return self.backend.logits(input_ids, attention_mask)
+
     def predict_proba(self, texts: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         """Probabilities, shape (len(texts), len(class_names)), rows in input order."""
         texts = _check_texts(texts)
-        if batch_size < 1:
-            raise ConfigError(f"--batch-size {batch_size}: must be at least 1.")
-        probabilities = np.zeros((len(texts), len(self.class_names)), dtype=np.float32)
-        if not texts:
+        _check_batch_size(batch_size)
+        return self.predict_encoded(self.encode(texts), batch_size=batch_size)
+
+    def predict_encoded(self, encoded: Sequence[Sequence[int]], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """`predict_proba` for texts already `encode`d: probabilities in input order."""
+        _check_batch_size(batch_size)
+        probabilities = np.zeros((len(encoded), len(self.class_names)), dtype=np.float32)
+        if not len(encoded):
             return probabilities
-        encoded = self.tokenizer(
-            texts, truncation=True, max_length=self.max_length, padding=False, return_attention_mask=False
-        )["input_ids"]
         lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
         # Longest first: the slowest batch runs while memory is fresh, and padding is minimal.
         order = np.argsort(-lengths, kind="stable")
         for start in range(0, len(order), batch_size):
             indices = order[start : start + batch_size]
-            input_ids, attention_mask = self._pad([encoded[index] for index in indices])
+            input_ids, attention_mask = self.pad([encoded[index] for index in indices])
             logits = self.backend.logits(input_ids, attention_mask)
             probabilities[indices] = _sigmoid(logits) if self.multi_label else _softmax(logits)
         return probabilities
@@ -275,19 +303,6 @@ class Classifier:
                 ]
             results.append(prediction)
         return results
-
-    def _pad(self, sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-        width = max(len(ids) for ids in sequences)
-        input_ids = np.full((len(sequences), width), self.pad_token_id, dtype=np.int64)
-        attention_mask = np.zeros((len(sequences), width), dtype=np.int64)
-        for row, ids in enumerate(sequences):
-            if self.pad_left:
-                input_ids[row, width - len(ids) :] = ids
-                attention_mask[row, width - len(ids) :] = 1
-            else:
-                input_ids[row, : len(ids)] = ids
-                attention_mask[row, : len(ids)] = 1
-        return input_ids, attention_mask
 
 
 def _load_torch_model(path: Path, device: str) -> Any:
@@ -317,7 +332,21 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
     for index, text in enumerate(texts):
         if not isinstance(text, str):
             raise BertClassifyError(f"texts[{index}] is a {type(text).__name__}, not a string.")
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as error:
+                # A lone surrogate (JSON can spell one, e.g. "\ud800") is not text; the tokenizer raises on it.
+                raise BertClassifyError(
+                    f"texts[{index}] is not valid Unicode (a lone surrogate U+{ord(text[error.start]):04X} at "
+                    f"character {error.start}); send whole characters (a surrogate pair or the character itself)."
+                ) from None
     return texts
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size}: must be a whole number of at least 1.")
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

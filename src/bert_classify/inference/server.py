@@ -1,17 +1,24 @@
 """HTTP server speaking the SageMaker container contract: GET /ping, POST /invocations (+ GET /metrics).
 
-Starlette on uvicorn, one process, with dynamic batching. Client mistakes get 4xx with a JSON
-`{"error": ...}` body; every request writes one JSON access-log line; SIGTERM drains in-flight work.
+Starlette on uvicorn (its h11 protocol, extended with a request-header deadline and JSON bodies
+for the errors it answers itself), one process, with dynamic batching. Each request is decoded and
+tokenised on its own before it joins a batch, so a bad request fails alone. Client mistakes get 4xx
+with a JSON `{"error": ..., "status": ...}` body; every request writes one JSON access-log line;
+SIGTERM drains in-flight work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import datetime
+import http
 import json
 import logging
+import math
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -21,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from bert_classify.errors import ConfigError
+from bert_classify.errors import BertClassifyError, ConfigError
 from bert_classify.inference import codec
 from bert_classify.inference.batching import DynamicBatcher
 from bert_classify.inference.codec import RequestError
@@ -40,6 +47,9 @@ class ServerConfig:
     max_body_bytes: int = codec.DEFAULT_MAX_BODY_BYTES
     max_texts_per_request: int = codec.DEFAULT_MAX_TEXTS
     request_timeout_s: float = 60.0
+    # A connection must deliver a request's complete headers this soon after it opens (or after its
+    # first byte, on a kept-alive connection); else 408 and closed. Slow-header clients hold nothing.
+    header_timeout_s: float = 10.0
     # Texts per forward pass inside a merged batch (length-sorted). None: 8 on CPU, where short
     # similar-length passes beat one padded pass; the whole merged batch on a GPU.
     forward_batch_size: int | None = None
@@ -55,8 +65,10 @@ class ServerConfig:
             raise ConfigError(f"--max-texts-per-request {self.max_texts_per_request}: must be at least 1.")
         if self.forward_batch_size is not None and self.forward_batch_size < 1:
             raise ConfigError(f"--forward-batch-size {self.forward_batch_size}: must be at least 1.")
-        if self.request_timeout_s <= 0:
-            raise ConfigError(f"--request-timeout-s {self.request_timeout_s}: must be above 0.")
+        if not (self.request_timeout_s > 0 and math.isfinite(self.request_timeout_s)):
+            raise ConfigError(f"--request-timeout-s {self.request_timeout_s}: must be a number of seconds above 0.")
+        if not (self.header_timeout_s > 0 and math.isfinite(self.header_timeout_s)):
+            raise ConfigError(f"--header-timeout-s {self.header_timeout_s}: must be a number of seconds above 0.")
 
 
 def _json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> Any:
@@ -67,6 +79,20 @@ def _json_response(status: int, payload: Any, headers: dict[str, str] | None = N
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Any:
     return _json_response(status, {"error": message, "status": status}, headers)
+
+
+def _raw_error(status: int, message: str) -> bytes:
+    """A complete HTTP/1.1 error response (JSON body, connection closed), for the protocol layer."""
+    body = json.dumps({"error": message, "status": status}).encode("utf-8")
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    head = (
+        f"HTTP/1.1 {status} {phrase}\r\ncontent-type: {codec.JSON}\r\ncontent-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
 
 
 class _BodyTooLarge(Exception):
@@ -90,6 +116,19 @@ def create_app(classifier: Classifier, config: ServerConfig | None = None) -> An
     )
     status_counts: Counter[int] = Counter()
     started = time.time()
+    # Tokenising runs in its own thread: one at a time (a fast tokenizer must not be called from two
+    # threads at once), beside the model thread, and never on the event loop.
+    tokenizer_thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
+
+    async def encode(texts: list[str]) -> list[list[int]]:
+        """This request's token ids; a text the tokenizer refuses fails this request only, with 400."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(tokenizer_thread, classifier.encode, texts)
+        except BertClassifyError as error:
+            raise RequestError(400, str(error)) from None
+        except Exception as error:  # the tokenizer's own errors are about this request's texts
+            server_log.warning(json.dumps({"event": "tokenizer_refused", "error": f"{type(error).__name__}: {error}"}))
+            raise RequestError(400, f"the texts could not be tokenised ({type(error).__name__}); check their encoding.") from None
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -121,6 +160,8 @@ def create_app(classifier: Classifier, config: ServerConfig | None = None) -> An
                     "max_body_bytes": config.max_body_bytes,
                     "max_texts_per_request": config.max_texts_per_request,
                     "request_timeout_s": config.request_timeout_s,
+                    "header_timeout_s": config.header_timeout_s,
+                    "max_seq_len": classifier.max_length,
                     "runtime": classifier.runtime,
                     "device": classifier.device,
                     "precision": classifier.precision,
@@ -148,9 +189,10 @@ def create_app(classifier: Classifier, config: ServerConfig | None = None) -> An
             request.state.texts = len(inference_request.texts)
             if not batcher.accepting:
                 return _error(503, "the server is shutting down; retry on another instance.", {"Retry-After": "1"})
+            encoded = await encode(inference_request.texts)
             remaining = max(0.001, deadline - time.monotonic())
             try:
-                rows = await asyncio.wait_for(batcher.submit(inference_request.texts), timeout=remaining)
+                rows = await asyncio.wait_for(batcher.submit(encoded), timeout=remaining)
             except asyncio.TimeoutError:
                 return _error(
                     503,
@@ -177,12 +219,13 @@ def create_app(classifier: Classifier, config: ServerConfig | None = None) -> An
 
     async def lifespan(app: Any) -> Any:
         await batcher.start()
-        seconds = await batcher.warm_up(WARM_UP_TEXTS)
+        seconds = await batcher.warm_up(await encode(WARM_UP_TEXTS))
         server_log.info(json.dumps({"event": "warmed_up", "texts": len(WARM_UP_TEXTS), "seconds": round(seconds, 3)}))
         try:
             yield
         finally:
             await batcher.stop()
+            tokenizer_thread.shutdown(wait=True)
 
     app = Starlette(
         routes=[
@@ -207,9 +250,9 @@ def _runner(classifier: Classifier, config: ServerConfig) -> Any:
         config.max_batch_size if str(classifier.device).startswith("cuda") else CPU_FORWARD_BATCH_SIZE
     )
 
-    def run(texts: Sequence[str]) -> np.ndarray:
-        # predict_proba sorts the merged texts by length before cutting them into forward passes.
-        return classifier.predict_proba(list(texts), batch_size=forward_batch_size)
+    def run(encoded: Sequence[list[int]]) -> np.ndarray:
+        # The merged requests' token ids, sorted by length and cut into forward passes.
+        return classifier.predict_encoded(encoded, batch_size=forward_batch_size)
 
     return run
 
@@ -283,6 +326,8 @@ def serve(
         lifespan="on",
         timeout_graceful_shutdown=int(config.request_timeout_s) + 5,
         timeout_keep_alive=75,  # above the 60 s idle timeout of AWS load balancers
+        http=http_protocol(config.header_timeout_s),
+        ws="none",  # no WebSocket routes: an Upgrade request is answered as plain HTTP
     )
     server_log.info(
         json.dumps(
@@ -302,6 +347,85 @@ def serve(
     with _clean_exit_after_signals():
         uvicorn.Server(uvicorn_config).run()
     server_log.info(json.dumps({"event": "stopped"}))
+
+
+def http_protocol(header_timeout_s: float) -> type:
+    """uvicorn's h11 protocol with a deadline on request headers and JSON bodies on its own errors.
+
+    uvicorn times out idle kept-alive connections but not a client that sends its request line and
+    headers slowly (or never finishes them): each such connection would be held forever. Here the
+    headers of each request must be complete within `header_timeout_s` of the connection opening (or
+    of the request's first byte on a kept-alive connection), else the client gets 408 and the
+    connection is closed (a connection that sent nothing is just closed). The 400 uvicorn answers to
+    malformed HTTP (and h11's 431 for headers over 16 KiB, 501 for an unknown Transfer-Encoding)
+    carry `{"error", "status"}` JSON like every other error. Always h11: the same behaviour whether
+    or not httptools is installed.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class JsonErrorsH11Protocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+        _received_bytes = False
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_header_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_header_timer()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._header_timer is None and self.conn.their_state is h11.IDLE:
+                self._arm_header_timer()  # the first bytes of the next request on a kept-alive connection
+            self._received_bytes = self._received_bytes or bool(data)
+            try:
+                super().data_received(data)
+            except UnicodeDecodeError:  # a request target with bytes outside ASCII
+                self._reply_and_close(400, "the request target (path) is not ASCII; percent-encode it.")
+                return
+            if self.conn.their_state is not h11.IDLE:
+                self._cancel_header_timer()  # the headers are complete
+
+        def send_400_response(self, msg: str) -> None:
+            # Called by uvicorn while handling h11's RemoteProtocolError: it says what was wrong.
+            error = sys.exc_info()[1]
+            status = getattr(error, "error_status_hint", 400) if isinstance(error, h11.RemoteProtocolError) else 400
+            detail = str(error) if error is not None and str(error) else msg
+            self._reply_and_close(status, f"malformed HTTP/1.1 request: {detail}")
+
+        def _arm_header_timer(self) -> None:
+            self._cancel_header_timer()
+            self._received_bytes = False
+            self._header_timer = self.loop.call_later(header_timeout_s, self._header_timeout)
+
+        def _cancel_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _header_timeout(self) -> None:
+            self._header_timer = None
+            if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+                return
+            if not self._received_bytes:
+                self.transport.close()
+                return
+            self._reply_and_close(
+                408, f"the request headers did not arrive within {header_timeout_s} s; send them in one go."
+            )
+
+        def _reply_and_close(self, status: int, message: str) -> None:
+            self._cancel_header_timer()
+            # Answered below the application, so not in the access log: one line of its own.
+            client = (self.client or ("", 0))[0]
+            server_log.info(json.dumps({"event": "protocol_error", "status": status, "error": message, "client": client}))
+            if not self.transport.is_closing():
+                self.transport.write(_raw_error(status, message))
+                self.transport.close()
+
+    return JsonErrorsH11Protocol
 
 
 @contextlib.contextmanager

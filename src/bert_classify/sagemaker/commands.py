@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 from pathlib import Path
 
 from bert_classify.errors import ConfigError
+from bert_classify.sagemaker.forwarding import IMAGE_ENTRY
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -135,6 +137,21 @@ def _add_training_job_arguments(parser: argparse.ArgumentParser, *, tuning: bool
         help="S3 location synced with /opt/ml/checkpoints, for resuming after spot interruptions "
         "(default with spot: <s3-prefix>/<job-name>/checkpoints)",
     )
+    if not tuning:  # CreateHyperParameterTuningJob's training definition takes no ContainerEntrypoint
+        job.add_argument(
+            "--forward-signals",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="run the image's entry under a small PID-1 forwarder so that SIGTERM from a spot reclaim or a "
+            "stop reaches the trainer, which checkpoints and exits (default: on; see docs/sagemaker.md)",
+        )
+        job.add_argument(
+            "--container-entry",
+            type=shlex.split,
+            default=list(IMAGE_ENTRY),
+            help="the image's own entry command, run under the forwarder "
+            f"(default: '{' '.join(IMAGE_ENTRY)}', as in the PyTorch and Hugging Face training images)",
+        )
     job.add_argument("--output-path", help="S3 location for model.tar.gz (default: <s3-prefix>/output)")
     job.add_argument(
         "--s3-prefix",
@@ -289,6 +306,9 @@ def _training_job_options(args: argparse.Namespace):  # -> TrainingJobOptions
         keep_alive_seconds=getattr(args, "keep_alive_seconds", None),
         tensorboard=getattr(args, "tensorboard", False),
         tensorboard_s3_uri=getattr(args, "tensorboard_s3_uri", None),
+        # a tuning job's training definition has no ContainerEntrypoint: no forwarder there (tune.py)
+        forward_signals=getattr(args, "forward_signals", False),
+        container_entry=list(getattr(args, "container_entry", IMAGE_ENTRY)),
     )
 
 

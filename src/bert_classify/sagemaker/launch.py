@@ -21,6 +21,7 @@ from bert_classify.config import TrainConfig
 from bert_classify.errors import BertClassifyError, ConfigError
 from bert_classify.sagemaker import aws
 from bert_classify.sagemaker.environment import CHECKPOINT_DIR
+from bert_classify.sagemaker.forwarding import IMAGE_ENTRY, container_command
 from bert_classify.sagemaker.source import ENTRY_SCRIPT_NAME, build_sourcedir
 from bert_classify.train_options import TRAIN_OPTIONS, find_option
 
@@ -83,6 +84,9 @@ class TrainingJobOptions:
     keep_alive_seconds: int | None = None  # warm pool (on-demand only)
     tensorboard: bool = True
     tensorboard_s3_uri: str | None = None  # default: <s3-prefix>/<job>/tensorboard
+    # PID-1 signal forwarder in front of the image's entry, so that a spot reclaim's SIGTERM reaches the trainer.
+    forward_signals: bool = True
+    container_entry: list[str] = field(default_factory=lambda: list(IMAGE_ENTRY))
 
 
 @dataclass
@@ -161,6 +165,8 @@ def validate_options(options: TrainingJobOptions) -> None:
         _channel_source(channel, getattr(options, channel))
     if options.model is not None:
         _model_source(options.model)
+    if options.forward_signals:
+        container_command(options.container_entry)
     normalise_hyperparameters(options.hyperparameters)
 
 
@@ -295,6 +301,10 @@ def build_training_request(
         "EnableNetworkIsolation": options.network_isolation,
         "EnableInterContainerTrafficEncryption": options.encrypt_inter_container_traffic,
     }
+    if options.forward_signals:
+        entrypoint, arguments = container_command(options.container_entry)
+        request["AlgorithmSpecification"]["ContainerEntrypoint"] = entrypoint
+        request["AlgorithmSpecification"]["ContainerArguments"] = arguments
     checkpoint_uri = options.checkpoint_s3_uri or (f"{job_prefix}/checkpoints" if options.spot else None)
     if checkpoint_uri:
         request["CheckpointConfig"] = {"S3Uri": checkpoint_uri, "LocalPath": CHECKPOINT_DIR}

@@ -243,6 +243,10 @@ def launch_tuning(
         region, training.instance_type, training.framework_version, training.py_version, scope="training"
     )
     plan = build_tuning_request(options, region=region, account_id=account_id, image_uri=image_uri)
+    aws.note(
+        "tune: the training jobs run the image's entry without our PID-1 signal forwarder (a tuning job's "
+        "training definition takes no ContainerEntrypoint); checkpoints still carry them across spot restarts."
+    )
     if dry_run:
         out(json.dumps(plan.request, indent=2))
         return {"request": plan.request, "uploads": [(str(p), uri) for p, uri in plan.uploads]}

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from bert_classify import modeling
 from bert_classify.config import TrainConfig, auto_learning_rate
+from bert_classify.data.collate import pad_batch
 from bert_classify.errors import CheckpointError, ConfigError
 from bert_classify.training import checkpoint as ckpt
 from bert_classify.training.batching import plan_epoch, rank_micro_batches, steps_per_epoch
@@ -392,13 +393,7 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------- batches
     def _collate(self, ids: list[np.ndarray], labels: np.ndarray, indices: np.ndarray) -> tuple[torch.Tensor, ...]:
-        longest = max(len(ids[i]) for i in indices)
-        input_ids = np.full((len(indices), longest), self.pad_id, dtype=np.int64)
-        attention_mask = np.zeros((len(indices), longest), dtype=np.int64)
-        for row, index in enumerate(indices):
-            sequence = ids[index]
-            input_ids[row, : len(sequence)] = sequence
-            attention_mask[row, : len(sequence)] = 1
+        input_ids, attention_mask = pad_batch([ids[index] for index in indices], self.pad_id)
         device = self.context.device
         return (
             torch.from_numpy(input_ids).to(device, non_blocking=True),
@@ -606,6 +601,9 @@ class Trainer:
             if self.best_state is not None:
                 self.model.load_state_dict(self.best_state)
             self.model.save_pretrained(output_dir, safe_serialization=True)
+            # The truncation length travels with the model (tokenizer_config.json model_max_length): our
+            # predict/serve/evaluate/handler and a plain transformers pipeline apply what training used.
+            self.tokenizer.model_max_length = self.config.max_seq_len
             self.tokenizer.save_pretrained(output_dir)
             metrics = {
                 **(self.state.best_metrics or {}),
