@@ -147,3 +147,81 @@ def test_predict_fn_refuses_raw_data(model) -> None:
     with pytest.raises(RequestError):
         handler.predict_fn(["not decoded"], model)
     assert handler.predict_fn(InferenceRequest(["x"], top_k=1), model)[0]["label"] in model.class_names
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[" * 100_000 + "]" * 100_000,  # nesting deeper than the JSON decoder's recursion limit
+        '{"inputs": ' + "9" * 5000 + "}",  # an integer past Python's digit limit
+        '{"inputs": ["\\ud800 lone surrogate"]}',  # an unpaired surrogate: no tokenizer can encode it
+        b'{"inputs": ["\xff\xfe"]}',  # not UTF-8
+    ],
+)
+def test_hostile_bodies_are_400_not_500(body) -> None:
+    with pytest.raises(RequestError) as caught:
+        handler.input_fn(body, "application/json")
+    assert caught.value.status_code == 400
+
+
+def test_model_fn_warms_up_once_unless_switched_off(model_dir: Path, monkeypatch, caplog) -> None:
+    calls: list[list[str]] = []
+    original = handler.Classifier.predict
+
+    def counting(self, texts, *args, **kwargs):
+        calls.append(list(texts))
+        return original(self, texts, *args, **kwargs)
+
+    monkeypatch.setattr(handler.Classifier, "predict", counting)
+    with caplog.at_level("INFO", logger=handler.__name__):
+        handler.model_fn(str(model_dir))
+    assert calls == [handler.WARM_UP_TEXTS]
+    assert any('"event": "warmed_up"' in record.getMessage() for record in caplog.records)
+    monkeypatch.setenv("BERT_CLASSIFY_WARMUP", "0")
+    handler.model_fn(str(model_dir))
+    assert len(calls) == 1
+
+
+class _MmsContext:
+    """The part of MMS's Context that the Hugging Face toolkit hands to our functions."""
+
+    def __init__(self) -> None:
+        self.status: tuple[int, str] | None = None
+
+    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
+        self.status = (code, phrase)
+
+
+@pytest.fixture
+def under_hf_toolkit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, handler.HF_TOOLKIT_MODULE, types.ModuleType(handler.HF_TOOLKIT_MODULE))
+
+
+def test_under_the_hf_toolkit_output_is_bytes_and_errors_carry_their_status(model, under_hf_toolkit) -> None:
+    context = _MmsContext()
+    body = handler.output_fn(handler.predict_fn(handler.input_fn(json.dumps(TEXTS), "application/json", context), model, context), "application/json", context)
+    assert isinstance(body, bytes)  # the toolkit passes bytes through; a tuple became 503
+    assert [item["label"] for item in json.loads(body)] == expected_labels(model, TEXTS)
+    assert context.status is None
+
+    failed = handler.input_fn(b"<a/>", "application/xml", context)  # the toolkit would turn a raise into 400
+    assert isinstance(failed, handler.FailedRequest) and failed.status_code == 415
+    body = handler.output_fn(handler.predict_fn(failed, model, context), "application/json", context)
+    assert context.status == (415, "Unsupported Media Type")
+    assert json.loads(body)["code"] == 415 and "application/xml" in json.loads(body)["message"]
+
+    context = _MmsContext()
+    handler.output_fn(model.predict(["x"]), "text/html", context)
+    assert context.status == (406, "Not Acceptable")
+
+
+def test_under_the_hf_toolkit_a_server_fault_is_500(model, under_hf_toolkit, monkeypatch) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(model, "predict", broken)
+    context = _MmsContext()
+    result = handler.predict_fn(InferenceRequest(["x"], top_k=1), model, context)
+    assert result == handler.FailedRequest(500, "prediction failed on the server; see the endpoint's log.")
+    handler.output_fn(result, "application/json", context)
+    assert context.status == (500, "Internal Server Error")

@@ -158,11 +158,12 @@ def test_delete_removes_endpoint_and_config_and_optionally_the_model(aws_session
     deploy(DeployOptions(role=ROLE, model_data=MODEL_DATA, endpoint_name="ep", image_uri="img"), session=aws_session, out=lambda line: None)
     assert main(["sagemaker", "delete", "--endpoint-name", "ep", "--delete-model", "--dry-run"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan == {
+    assert plan == {  # a dry run asks AWS nothing: names it cannot know are marked placeholders
         "DeleteEndpoint": {"EndpointName": "ep"},
-        "DeleteEndpointConfig": {"EndpointConfigName": "ep"},
-        "DeleteModel": [{"ModelName": "ep"}],
+        "DeleteEndpointConfig": {"EndpointConfigName": "<EndpointConfigName of endpoint ep>"},
+        "DeleteModel": [{"ModelName": "<each ModelName of endpoint ep>"}],
     }
+    assert aws_session.sent[-1][0] == "CreateEndpoint"  # no DescribeEndpoint was sent
     sagemaker = aws_session.client("sagemaker")
     assert sagemaker.describe_endpoint(EndpointName="ep")["EndpointStatus"] == "InService"  # dry run kept it
     assert main(["sagemaker", "delete", "--endpoint-name", "ep"]) == 0

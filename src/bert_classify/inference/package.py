@@ -1,8 +1,10 @@
 """Build and read the model.tar.gz that the SageMaker PyTorch inference container deploys.
 
 Layout: the model's files at the root, `code/inference.py` (imports our handler), `code/requirements.txt`
-(third-party runtime dependencies) and `code/bert_classify/` (this package's source, vendored so that
-the endpoint needs no index that serves bert-classify). Archives are extracted safely.
+(third-party runtime dependencies, at minimum versions that the AWS images' own satisfy) and
+`code/bert_classify/` (this package's source, vendored so that the endpoint needs no index that serves
+bert-classify). The same archive serves on the PyTorch and the Hugging Face inference images.
+Archives are extracted safely.
 """
 
 from __future__ import annotations
@@ -41,27 +43,41 @@ from bert_classify.inference.handler import input_fn, model_fn, output_fn, predi
 '''
 
 
-def _requirement(distribution: str, fallback: str) -> str:
-    """`name>=installed,<next major`: what the code was tested with, loose enough for the container's Python."""
+# What the endpoint installs from code/requirements.txt: our own minimum versions (pyproject.toml), no upper
+# bound and no pin to what trained the model. Both AWS images' own versions satisfy them where they ship
+# the package (the Hugging Face image: transformers 4.49, tokenizers, safetensors), so pip changes nothing
+# there: a newer transformers would break that image's toolkit, and an isolated endpoint cannot download.
+# The PyTorch image has no transformers: pip installs a current one at start (network needed).
+RUNTIME_DISTRIBUTIONS = ("transformers", "tokenizers", "safetensors")
+ONNX_DISTRIBUTIONS = ("onnxruntime",)
+_FALLBACK_REQUIREMENTS = {
+    "transformers": "transformers>=4.44",
+    "tokenizers": "tokenizers>=0.19",
+    "safetensors": "safetensors>=0.4",
+    "onnxruntime": "onnxruntime>=1.18",
+}
+
+
+def _declared_requirements() -> dict[str, str]:
+    """name -> 'name>=x' as this package declares it (installed metadata; the fallbacks mirror pyproject)."""
+    declared = dict(_FALLBACK_REQUIREMENTS)
     try:
-        version = metadata.version(distribution)
+        requires = metadata.requires("bert-classify") or []
     except metadata.PackageNotFoundError:
-        return fallback
-    release = version.split("+")[0].split(".")
-    major, minor = int(release[0]), int(release[1]) if len(release) > 1 and release[1].isdigit() else 0
-    return f"{distribution}>={major}.{minor},<{major + 1}"
+        return declared
+    for requirement in requires:
+        specifier = requirement.split(";")[0].strip()
+        name = specifier.split(">")[0].split("=")[0].split("<")[0].split("[")[0].strip().lower()
+        if name in declared:
+            declared[name] = specifier
+    return declared
 
 
 def runtime_requirements(with_onnx: bool = False) -> list[str]:
-    """Packages the endpoint needs beyond the PyTorch container's torch and numpy."""
-    requirements = [
-        _requirement("transformers", "transformers>=4.44"),
-        _requirement("tokenizers", "tokenizers>=0.19"),
-        _requirement("safetensors", "safetensors>=0.4"),
-    ]
-    if with_onnx:
-        requirements.append(_requirement("onnxruntime", "onnxruntime>=1.18"))
-    return requirements
+    """Packages the endpoint needs beyond the image's torch and numpy, at our declared minimum versions."""
+    declared = _declared_requirements()
+    names = RUNTIME_DISTRIBUTIONS + (ONNX_DISTRIBUTIONS if with_onnx else ())
+    return [declared[name] for name in names]
 
 
 def write_inference_code(model_dir: Path) -> None:

@@ -6,7 +6,9 @@ boto3 and sagemaker-core are imported lazily: they are the optional `sagemaker` 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,13 @@ from bert_classify.errors import BertClassifyError, ConfigError
 _S3_URI = re.compile(r"^s3://([a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(.*))?$")
 _ROLE_ARN = re.compile(r"^arn:aws[a-z\-]*:iam::\d{12}:role/[\w+=,.@\-/]+$")
 EXTRA_HINT = "install the SageMaker extra: pip install 'bert-classify[sagemaker]'"
+# Names that must match SageMaker's own pattern: training, tuning, model and endpoint names.
+RESOURCE_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+# What a dry run writes where only AWS could say (it never asks): clearly not a real value.
+ACCOUNT_PLACEHOLDER = "<ACCOUNT_ID>"
+# The AWS Deep Learning Containers registry of most commercial regions; used only when sagemaker-core
+# (which knows every region's registry) is not installed, and then said on stderr.
+DLC_REGISTRY_ACCOUNT = "763104351884"
 
 
 def parse_s3_uri(uri: str, flag: str) -> tuple[str, str]:
@@ -52,7 +61,7 @@ def make_session(region: str | None = None) -> Any:
 
 
 def session_region(session: Any, region: str | None = None) -> str:
-    region = region or session.region_name
+    region = region or session.region_name or os.environ.get("AWS_REGION")
     if not region:
         raise ConfigError("no AWS region: pass --region or set AWS_REGION / AWS_DEFAULT_REGION.")
     return region
@@ -64,6 +73,7 @@ def account_id(session: Any) -> str:
 
 
 def default_s3_prefix(region: str, account: str | None) -> str:
+    """SageMaker's default bucket; `ACCOUNT_PLACEHOLDER` stands in for the account in a dry run."""
     if not account:
         raise ConfigError(
             "pass --s3-prefix s3://bucket/prefix: without it the default bucket needs the AWS account id."
@@ -93,32 +103,81 @@ def upload_file(s3: Any, local: Path, uri: str) -> None:
     s3.upload_file(str(local), bucket, key)
 
 
+def note(message: str) -> None:
+    """A line for the user on stderr (stdout carries the request JSON of a dry run)."""
+    print(f"note: {message}", file=sys.stderr)
+
+
 def framework_image_uri(
-    region: str, instance_type: str, framework_version: str, py_version: str, *, scope: str
+    region: str,
+    instance_type: str,
+    framework_version: str,
+    py_version: str,
+    *,
+    scope: str,
+    framework: str = "pytorch",
+    base_framework_version: str | None = None,
 ) -> str:
-    """The AWS PyTorch framework image for this region, instance type and scope ('training' / 'inference')."""
+    """The AWS Deep Learning Container for this region, instance type and scope ('training' / 'inference').
+
+    framework "pytorch" (version = PyTorch's) or "huggingface" (version = transformers', with
+    base_framework_version "pytorch2.6.0"). sagemaker-core's table is read offline (no AWS call); without
+    sagemaker-core the documented DLC name pattern is used and said on stderr.
+    """
     try:
         from sagemaker.core import image_uris
     except ImportError:
-        raise ConfigError(
-            f"sagemaker-core is needed to choose the framework image: {EXTRA_HINT}, or pass --image-uri."
-        ) from None
+        uri = static_image_uri(
+            region, instance_type, framework_version, py_version, scope, framework, base_framework_version
+        )
+        note(f"sagemaker-core is not installed ({EXTRA_HINT}); image URI built from the DLC name pattern: {uri}")
+        return uri
+    arguments: dict[str, Any] = {}
+    if base_framework_version:
+        arguments["base_framework_version"] = base_framework_version
     try:
         return str(
             image_uris.retrieve(
-                "pytorch",
+                framework,
                 region=region,
                 version=framework_version,
                 py_version=py_version,
                 instance_type=instance_type,
                 image_scope=scope,
+                **arguments,
             )
         )
     except (ValueError, KeyError) as error:
         raise ConfigError(
-            f"no PyTorch {scope} image for version {framework_version}/{py_version} on {instance_type} in {region} "
+            f"no {framework} {scope} image for version {framework_version}/{py_version} on {instance_type} in {region} "
             f"({error}); change --framework-version / --py-version or pass --image-uri."
         ) from None
+
+
+def static_image_uri(
+    region: str,
+    instance_type: str,
+    framework_version: str,
+    py_version: str,
+    scope: str,
+    framework: str = "pytorch",
+    base_framework_version: str | None = None,
+) -> str:
+    """The DLC name pattern (github.com/aws/deep-learning-containers, available_images.md).
+
+    pytorch:     <account>.dkr.ecr.<region>.amazonaws.com/pytorch-<scope>:<version>-<cpu|gpu>-<py>
+    huggingface: .../huggingface-pytorch-<scope>:<torch>-transformers<version>-<cpu|gpu>-<py>
+    (the GPU images of Hugging Face also carry a CUDA/OS suffix that only sagemaker-core's table knows).
+    """
+    processor = "gpu" if instance_type.split(".")[1][:1] in ("p", "g") else "cpu"
+    suffix = ".amazonaws.com.cn" if region.startswith("cn-") else ".amazonaws.com"
+    registry = f"{DLC_REGISTRY_ACCOUNT}.dkr.ecr.{region}{suffix}"
+    if framework == "huggingface":
+        torch = (base_framework_version or "pytorch2.6.0").removeprefix("pytorch")
+        return (
+            f"{registry}/huggingface-pytorch-{scope}:{torch}-transformers{framework_version}-{processor}-{py_version}"
+        )
+    return f"{registry}/pytorch-{scope}:{framework_version}-{processor}-{py_version}"
 
 
 @contextlib.contextmanager

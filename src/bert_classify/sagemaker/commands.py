@@ -1,7 +1,7 @@
-"""`bert-classify sagemaker train|deploy|invoke|delete`: parse flags and call launch.py / deploy.py.
+"""`bert-classify sagemaker train|tune|deploy|invoke|delete`: parse flags and call launch.py / deploy.py.
 
-The training options of `sagemaker train` are the `train` command's own flags, read from its parser,
-so the two stay in step; they travel to the job as hyper-parameters.
+The training options of `sagemaker train` are the `train` command's own, from the one option table
+(bert_classify/train_options.py); they travel to the job as hyper-parameters.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
     commands = parser.add_subparsers(dest="sagemaker_command", metavar="SUBCOMMAND")
     _register_train(commands)
+    _register_tune(commands)
     _register_deploy(commands)
     _register_invoke(commands)
     _register_delete(commands)
@@ -66,21 +67,28 @@ def _add_common(parser: argparse.ArgumentParser, *, role: bool = True) -> None:
 
 
 def _register_train(commands: argparse._SubParsersAction) -> None:
-    from bert_classify.sagemaker.launch import (
-        DEFAULT_FRAMEWORK_VERSION,
-        DEFAULT_INSTANCE_TYPE,
-        DEFAULT_PY_VERSION,
-        DISTRIBUTIONS,
-        LAUNCHER_OWNED_FLAGS,
-        train_flag_specs,
-    )
-
     parser = commands.add_parser(
         "train",
         help="launch a training job (managed spot by default)",
         description="Create a SageMaker training job that runs `bert-classify train` on the data channels given. "
         "Local files are uploaded under --s3-prefix first. Training options are those of `bert-classify train`.",
     )
+    _add_training_job_arguments(parser, tuning=False)
+    parser.set_defaults(func=_run_train)
+
+
+def _add_training_job_arguments(parser: argparse.ArgumentParser, *, tuning: bool) -> None:
+    """The options of one training job: `sagemaker train`'s, and the definition of `sagemaker tune`'s jobs."""
+    from bert_classify.sagemaker.launch import (
+        DEFAULT_FRAMEWORK_VERSION,
+        DEFAULT_INSTANCE_TYPE,
+        DEFAULT_MAX_RETRY_ATTEMPTS,
+        DEFAULT_PY_VERSION,
+        DISTRIBUTIONS,
+        TENSORBOARD_DIR,
+    )
+    from bert_classify.train_options import TRAIN_OPTIONS
+
     _add_common(parser)
     data = parser.add_argument_group("data and model (S3 URIs, or local paths uploaded first)")
     data.add_argument("--train", help="training data file: s3://bucket/key or a local file (required)")
@@ -92,7 +100,8 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
         "anything else is a Hugging Face id downloaded in the job",
     )
     job = parser.add_argument_group("job")
-    job.add_argument("--job-name", help="training job name (default: bert-classify-<timestamp>)")
+    if not tuning:
+        job.add_argument("--job-name", help="training job name (default: bert-classify-<timestamp>)")
     job.add_argument(
         "--instance-type", default=DEFAULT_INSTANCE_TYPE, help=f"(default: {DEFAULT_INSTANCE_TYPE})"
     )
@@ -128,20 +137,21 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
         help="S3 location synced with /opt/ml/checkpoints, for resuming after spot interruptions "
         "(default with spot: <s3-prefix>/<job-name>/checkpoints)",
     )
-    job.add_argument(
-        "--forward-signals",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="run the image's entry under a small PID-1 forwarder so that SIGTERM from a spot reclaim or a "
-        "stop reaches the trainer, which checkpoints and exits (default: on; see docs/sagemaker.md)",
-    )
-    job.add_argument(
-        "--container-entry",
-        type=shlex.split,
-        default=list(IMAGE_ENTRY),
-        help="the image's own entry command, run under the forwarder "
-        f"(default: '{' '.join(IMAGE_ENTRY)}', as in the PyTorch and Hugging Face training images)",
-    )
+    if not tuning:  # CreateHyperParameterTuningJob's training definition takes no ContainerEntrypoint
+        job.add_argument(
+            "--forward-signals",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="run the image's entry under a small PID-1 forwarder so that SIGTERM from a spot reclaim or a "
+            "stop reaches the trainer, which checkpoints and exits (default: on; see docs/sagemaker.md)",
+        )
+        job.add_argument(
+            "--container-entry",
+            type=shlex.split,
+            default=list(IMAGE_ENTRY),
+            help="the image's own entry command, run under the forwarder "
+            f"(default: '{' '.join(IMAGE_ENTRY)}', as in the PyTorch and Hugging Face training images)",
+        )
     job.add_argument("--output-path", help="S3 location for model.tar.gz (default: <s3-prefix>/output)")
     job.add_argument(
         "--s3-prefix",
@@ -149,9 +159,35 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
     )
     job.add_argument("--volume-size", type=int, default=30, help="EBS volume per instance, GB (default: 30)")
     job.add_argument(
+        "--max-retry-attempts",
+        type=int,
+        default=DEFAULT_MAX_RETRY_ATTEMPTS,
+        help="SageMaker restarts a job that failed on an internal error or for lack of capacity up to this many "
+        f"times; 0 = never (default: {DEFAULT_MAX_RETRY_ATTEMPTS})",
+    )
+    if not tuning:  # a tuning job's training definition has neither warm pools nor TensorBoard output
+        job.add_argument(
+            "--keep-alive-seconds",
+            type=duration_seconds,
+            help="keep the instances warm this long after the job for the next matching job (warm pool, at most "
+            "1h; on-demand only: needs --no-spot)",
+        )
+        job.add_argument(
+            "--tensorboard",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help=f"sync {TENSORBOARD_DIR} to S3 during the job (default: on)",
+        )
+        job.add_argument(
+            "--tensorboard-s3-uri",
+            help="where TensorBoard events go (default: <s3-prefix>/<job-name>/tensorboard)",
+        )
+    job.add_argument(
         "--wait",
         action="store_true",
-        help="follow status and logs to the end; report billable vs training seconds",
+        help="follow the tuning job to the end; report the best training job"
+        if tuning
+        else "follow status and logs to the end; report billable vs training seconds and the spot saving",
     )
     image = parser.add_argument_group("container image")
     image.add_argument(
@@ -198,41 +234,45 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
     training = parser.add_argument_group(
         "training options (as for `bert-classify train`; sent as hyper-parameters)"
     )
-    flags: list[str] = []
-    for flag, action in train_flag_specs().items():
-        if flag in LAUNCHER_OWNED_FLAGS or flag in flags:
+    for option in TRAIN_OPTIONS:
+        if option.launcher_owned:
             continue
-        flags.append(flag)
-        destination = f"hyperparameter:{flag}"
-        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        destination = f"hyperparameter:{option.flag}"
+        if option.switch:
             training.add_argument(
-                f"--{flag}",
+                f"--{option.flag}",
                 dest=destination,
                 action="store_const",
                 const="True",
                 default=argparse.SUPPRESS,
-                help=action.help,
+                help=option.help,
             )
         else:
-            # The value travels as text; launch.normalise_hyperparameters checks it with train's own parser.
+            # The value travels as text; launch.normalise_hyperparameters checks it with the option's parser.
             training.add_argument(
-                f"--{flag}",
+                f"--{option.flag}",
                 dest=destination,
-                choices=action.choices,
+                choices=option.choices,
                 default=argparse.SUPPRESS,
-                help=action.help,
-                metavar=action.metavar or flag.upper().replace("-", "_"),
+                help=option.help,
+                metavar=option.flag.upper().replace("-", "_"),
             )
-    parser.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from bert_classify.sagemaker.launch import TrainingJobOptions, launch_training
+    from bert_classify.sagemaker.launch import launch_training
+
+    launch_training(_training_job_options(args), dry_run=args.dry_run, wait=args.wait)
+    return 0
+
+
+def _training_job_options(args: argparse.Namespace):  # -> TrainingJobOptions
+    from bert_classify.sagemaker.launch import TrainingJobOptions
 
     hyperparameters = {
         key.split(":", 1)[1]: value for key, value in vars(args).items() if key.startswith("hyperparameter:")
     }
-    options = TrainingJobOptions(
+    return TrainingJobOptions(
         role=args.role,
         train=args.train,
         val=args.val,
@@ -248,7 +288,7 @@ def _run_train(args: argparse.Namespace) -> int:
         checkpoint_s3_uri=args.checkpoint_s3_uri,
         output_path=args.output_path,
         s3_prefix=args.s3_prefix,
-        job_name=args.job_name,
+        job_name=getattr(args, "job_name", None),
         image_uri=args.image_uri,
         framework_version=args.framework_version,
         py_version=args.py_version,
@@ -262,15 +302,114 @@ def _run_train(args: argparse.Namespace) -> int:
         tags=dict(args.tags),
         environment=dict(args.environment),
         region=args.region,
-        forward_signals=args.forward_signals,
-        container_entry=list(args.container_entry),
+        max_retry_attempts=args.max_retry_attempts,
+        keep_alive_seconds=getattr(args, "keep_alive_seconds", None),
+        tensorboard=getattr(args, "tensorboard", False),
+        tensorboard_s3_uri=getattr(args, "tensorboard_s3_uri", None),
+        # a tuning job's training definition has no ContainerEntrypoint: no forwarder there (tune.py)
+        forward_signals=getattr(args, "forward_signals", False),
+        container_entry=list(getattr(args, "container_entry", IMAGE_ENTRY)),
     )
-    launch_training(options, dry_run=args.dry_run, wait=args.wait)
+
+
+def _float_range(value: str) -> tuple[float, float]:
+    low, separator, high = value.partition(":")
+    try:
+        if not separator:
+            raise ValueError
+        return float(low), float(high)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW:HIGH such as 1e-5:5e-4, not '{value}'") from None
+
+
+def _int_range(value: str) -> tuple[int, int]:
+    low, separator, high = value.partition(":")
+    try:
+        if not separator:
+            raise ValueError
+        return int(low), int(high)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers LOW:HIGH such as 2:5, not '{value}'") from None
+
+
+def _int_list(value: str) -> list[int]:
+    try:
+        return [int(item) for item in _comma_list(value)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers such as 16,32, not '{value}'") from None
+
+
+def _register_tune(commands: argparse._SubParsersAction) -> None:
+    from bert_classify.sagemaker.tune import EARLY_STOPPING, OBJECTIVES, STRATEGIES
+
+    parser = commands.add_parser(
+        "tune",
+        help="launch a hyper-parameter tuning job over our training job (managed spot by default)",
+        description="Create a SageMaker HyperParameterTuningJob whose training jobs run `bert-classify train`, "
+        "each on managed spot with its own checkpoints. Options not tuned are fixed for every job.",
+    )
+    _add_training_job_arguments(parser, tuning=True)
+    tuning = parser.add_argument_group("tuning")
+    tuning.add_argument("--tuning-job-name", help="1-32 characters (default: bc-tune-<timestamp>)")
+    tuning.add_argument(
+        "--objective",
+        choices=tuple(OBJECTIVES),
+        default="val_macro_f1",
+        help="metric line to optimise: val_macro_f1 / val_accuracy maximised, val_loss minimised (default: val_macro_f1)",
+    )
+    tuning.add_argument(
+        "--learning-rate-range",
+        type=_float_range,
+        default=(1e-5, 5e-4),
+        metavar="LOW:HIGH",
+        help="learning rate, searched on a log scale (default: 1e-5:5e-4)",
+    )
+    tuning.add_argument(
+        "--no-learning-rate-range",
+        dest="learning_rate_range",
+        action="store_const",
+        const=None,
+        help="do not tune the learning rate",
+    )
+    tuning.add_argument("--batch-sizes", type=_int_list, metavar="N,N,...", help="batch sizes to try, e.g. 16,32")
+    tuning.add_argument("--epochs-range", type=_int_range, metavar="LOW:HIGH", help="epochs, e.g. 2:5")
+    tuning.add_argument("--warmup-ratio-range", type=_float_range, metavar="LOW:HIGH", help="warm-up ratio, e.g. 0:0.1")
+    tuning.add_argument("--max-jobs", type=int, default=10, help="training jobs in all (default: 10)")
+    tuning.add_argument("--max-parallel-jobs", type=int, default=2, help="training jobs at once (default: 2)")
+    tuning.add_argument(
+        "--early-stopping", choices=EARLY_STOPPING, default="Auto", help="stop unpromising jobs early (default: Auto)"
+    )
+    tuning.add_argument("--strategy", choices=STRATEGIES, default="Bayesian", help="(default: Bayesian)")
+    parser.set_defaults(func=_run_tune)
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    from bert_classify.sagemaker.tune import TuningOptions, launch_tuning
+
+    options = TuningOptions(
+        training=_training_job_options(args),
+        objective=args.objective,
+        learning_rate=args.learning_rate_range,
+        batch_sizes=args.batch_sizes,
+        epochs=args.epochs_range,
+        warmup_ratio=args.warmup_ratio_range,
+        max_jobs=args.max_jobs,
+        max_parallel_jobs=args.max_parallel_jobs,
+        early_stopping=args.early_stopping,
+        strategy=args.strategy,
+        tuning_job_name=args.tuning_job_name,
+    )
+    launch_tuning(options, dry_run=args.dry_run, wait=args.wait)
     return 0
 
 
 def _register_deploy(commands: argparse._SubParsersAction) -> None:
-    from bert_classify.sagemaker.deploy import DEFAULT_ENDPOINT_INSTANCE_TYPE, SERVERLESS_MEMORY_SIZES
+    from bert_classify.sagemaker.deploy import (
+        DEFAULT_ENDPOINT_INSTANCE_TYPE,
+        DEFAULT_HF_TRANSFORMERS_VERSION,
+        IMAGES,
+        SERVERLESS_MEMORY_SIZES,
+    )
     from bert_classify.sagemaker.launch import DEFAULT_FRAMEWORK_VERSION, DEFAULT_PY_VERSION
 
     parser = commands.add_parser(
@@ -307,11 +446,19 @@ def _register_deploy(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-concurrency", type=int, default=5, help="serverless concurrent invocations (default: 5)"
     )
-    parser.add_argument("--image-uri", help="inference image (default: the AWS PyTorch inference image)")
+    parser.add_argument(
+        "--image",
+        choices=IMAGES,
+        default="pytorch",
+        help="AWS inference image: the PyTorch one, or the Hugging Face one (transformers "
+        f"{DEFAULT_HF_TRANSFORMERS_VERSION}); the same model.tar.gz serves on both (default: pytorch)",
+    )
+    parser.add_argument("--image-uri", help="inference image URI (overrides --image)")
     parser.add_argument(
         "--framework-version",
         default=DEFAULT_FRAMEWORK_VERSION,
-        help=f"(default: {DEFAULT_FRAMEWORK_VERSION})",
+        help=f"PyTorch version of the pytorch image, transformers version of the huggingface image "
+        f"(default: {DEFAULT_FRAMEWORK_VERSION} / {DEFAULT_HF_TRANSFORMERS_VERSION})",
     )
     parser.add_argument("--py-version", default=DEFAULT_PY_VERSION, help=f"(default: {DEFAULT_PY_VERSION})")
     parser.add_argument("--kms-key", help="KMS key for the endpoint's storage")
@@ -353,6 +500,7 @@ def _run_deploy(args: argparse.Namespace) -> int:
         memory_size_mb=args.memory_size,
         max_concurrency=args.max_concurrency,
         image_uri=args.image_uri,
+        image=args.image,
         framework_version=args.framework_version,
         py_version=args.py_version,
         kms_key=args.kms_key,

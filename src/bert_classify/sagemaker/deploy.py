@@ -7,7 +7,6 @@ the AWS PyTorch inference container runs as is. Plain boto3; every step has a dr
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +17,11 @@ from bert_classify.sagemaker.launch import DEFAULT_FRAMEWORK_VERSION, DEFAULT_PY
 
 DEFAULT_ENDPOINT_INSTANCE_TYPE = "ml.g4dn.xlarge"
 SERVERLESS_MEMORY_SIZES = (1024, 2048, 3072, 4096, 5120, 6144)
-_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+# Which AWS inference image serves the archive; both run code/inference.py from the model.tar.gz.
+IMAGES = ("pytorch", "huggingface")
+# The Hugging Face inference image's versions (transformers, and the PyTorch it is built on).
+DEFAULT_HF_TRANSFORMERS_VERSION = "4.49.0"
+DEFAULT_HF_PYTORCH_VERSION = "pytorch2.6.0"
 # Serverless endpoints run on CPU; this instance type only picks the CPU flavour of the image.
 _SERVERLESS_IMAGE_INSTANCE_TYPE = "ml.m5.xlarge"
 
@@ -38,7 +41,9 @@ class DeployOptions:
     memory_size_mb: int = 4096
     max_concurrency: int = 5
     image_uri: str | None = None
-    framework_version: str = DEFAULT_FRAMEWORK_VERSION
+    image: str = "pytorch"  # or "huggingface": the Hugging Face inference DLC
+    framework_version: str = DEFAULT_FRAMEWORK_VERSION  # PyTorch's; with image="huggingface", transformers'
+
     py_version: str = DEFAULT_PY_VERSION
     kms_key: str | None = None
     subnets: list[str] = field(default_factory=list)
@@ -58,7 +63,7 @@ def validate_deploy_options(options: DeployOptions) -> None:
         if not key.endswith(".tar.gz"):
             raise ConfigError(f"--model-data must name a model.tar.gz archive, not '{options.model_data}'.")
     for flag, name in (("--endpoint-name", options.endpoint_name), ("--model-name", options.model_name)):
-        if name is not None and not _NAME.match(name):
+        if name is not None and not aws.RESOURCE_NAME.match(name):
             raise ConfigError(
                 f"{flag} '{name}' is invalid: 1-63 letters, digits and hyphens, starting with a letter or digit."
             )
@@ -78,6 +83,15 @@ def validate_deploy_options(options: DeployOptions) -> None:
             )
     if bool(options.subnets) != bool(options.security_group_ids):
         raise ConfigError("--subnets and --security-group-ids go together: a VPC configuration needs both.")
+    if options.image not in IMAGES:
+        raise ConfigError(f"--image must be one of {', '.join(IMAGES)}, not '{options.image}'.")
+    if options.network_isolation and options.image == "pytorch" and not options.image_uri:
+        # code/requirements.txt is installed at start; only an image that already satisfies it works offline.
+        raise ConfigError(
+            "--network-isolation: the PyTorch inference image has no transformers and an isolated container "
+            "cannot pip-install code/requirements.txt; use --image huggingface (it ships transformers, "
+            "tokenizers and safetensors, so nothing is installed), or an --image-uri that has them."
+        )
 
 
 def build_deploy_requests(
@@ -148,16 +162,13 @@ def deploy(
     validate_deploy_options(options)
     session = session or aws.make_session(options.region)
     region = aws.session_region(session, options.region)
-    image_uri = options.image_uri or aws.framework_image_uri(
-        region,
-        _SERVERLESS_IMAGE_INSTANCE_TYPE if options.serverless else options.instance_type,
-        options.framework_version,
-        options.py_version,
-        scope="inference",
-    )
+    image_uri = options.image_uri or inference_image_uri(options, region)
     sagemaker = None
     model_data = options.model_data
-    if model_data is None:  # --training-job: read its artifacts (a read-only call, also in a dry run)
+    if model_data is None and dry_run:  # a dry run makes no AWS call, not even a read
+        model_data = f"<S3ModelArtifacts of training job {options.training_job}>"
+        aws.note(f"dry run: training job {options.training_job} is not described; its model.tar.gz URI is a placeholder.")
+    elif model_data is None:  # --training-job: read its artifacts
         sagemaker = session.client("sagemaker")
         model_data = training_job_model_data(sagemaker, str(options.training_job))
     requests = build_deploy_requests(options, region=region, model_data=model_data, image_uri=image_uri)
@@ -178,6 +189,29 @@ def deploy(
             sagemaker.get_waiter("endpoint_in_service").wait(EndpointName=endpoint_name)
         out(f"endpoint {endpoint_name} is in service")
     return requests
+
+
+def inference_image_uri(options: DeployOptions, region: str) -> str:
+    """The AWS PyTorch or Hugging Face inference image for the options (looked up offline)."""
+    instance_type = _SERVERLESS_IMAGE_INSTANCE_TYPE if options.serverless else options.instance_type
+    if options.image == "huggingface":
+        version = (
+            DEFAULT_HF_TRANSFORMERS_VERSION
+            if options.framework_version == DEFAULT_FRAMEWORK_VERSION
+            else options.framework_version
+        )
+        return aws.framework_image_uri(
+            region,
+            instance_type,
+            version,
+            options.py_version,
+            scope="inference",
+            framework="huggingface",
+            base_framework_version=DEFAULT_HF_PYTORCH_VERSION,
+        )
+    return aws.framework_image_uri(
+        region, instance_type, options.framework_version, options.py_version, scope="inference"
+    )
 
 
 def training_job_model_data(sagemaker: Any, job_name: str) -> str:
@@ -243,7 +277,22 @@ def delete(
     dry_run: bool = False,
     out: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Delete the endpoint and its configuration (and, with delete_model, the models it served)."""
+    """Delete the endpoint and its configuration (and, with delete_model, the models it served).
+
+    dry_run makes no AWS call: the configuration and model names are placeholders (said on stderr).
+    """
+    if dry_run:
+        plan = {
+            "DeleteEndpoint": {"EndpointName": endpoint_name},
+            "DeleteEndpointConfig": {"EndpointConfigName": f"<EndpointConfigName of endpoint {endpoint_name}>"},
+            "DeleteModel": [{"ModelName": f"<each ModelName of endpoint {endpoint_name}>"}] if delete_model else [],
+        }
+        aws.note(
+            "dry run: the endpoint is not described, so its configuration and model names are placeholders "
+            "(`bert-classify sagemaker deploy` names them after the endpoint unless --model-name was given)."
+        )
+        out(json.dumps(plan, indent=2))
+        return plan
     session = session or aws.make_session(region)
     aws.session_region(session, region)
     sagemaker = session.client("sagemaker")
@@ -260,9 +309,6 @@ def delete(
         "DeleteEndpointConfig": {"EndpointConfigName": config_name},
         "DeleteModel": [{"ModelName": name} for name in model_names],
     }
-    if dry_run:
-        out(json.dumps(plan, indent=2))
-        return plan
     with aws.aws_errors(f"deleting endpoint {endpoint_name}"):
         sagemaker.delete_endpoint(EndpointName=endpoint_name)
         sagemaker.delete_endpoint_config(EndpointConfigName=config_name)

@@ -14,20 +14,19 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from bert_classify import train_options
 from bert_classify.errors import ConfigError
 
 CHECKPOINT_DIR = "/opt/ml/checkpoints"
+# Set (to "1") in a tuning job's training jobs: each checkpoints under CHECKPOINT_DIR/<its job name>, so
+# parallel jobs never resume from one another's state. SageMaker names the job in TRAINING_JOB_NAME.
+CHECKPOINT_PER_JOB_VARIABLE = "BERT_CLASSIFY_CHECKPOINT_PER_JOB"
 DEFAULT_MASTER_PORT = 29500
 # SM_CHANNEL_<NAME> -> TrainConfig field. The model channel is special: a model directory, not a file.
 FILE_CHANNELS = {"train": "train", "val": "val", "classes": "classes"}
 MODEL_CHANNEL = "model"
 # Environment variable -> TrainConfig field, for plain directories.
 DIRECTORY_VARIABLES = {"SM_MODEL_DIR": "output_dir", "SM_OUTPUT_DATA_DIR": "metrics_dir"}
-# `train` flags that take no value. SageMaker passes every hyper-parameter as `--name value`, so
-# booleans arrive as "True"/"False"; `boolean_flags_to_cli` turns them back into these flags.
-BOOLEAN_FLAGS = ("freeze-encoder", "force-resume", "no-group-by-length")
-# `group-by-length False` is how a hyper-parameter naturally says `--no-group-by-length`.
-NEGATED_BOOLEAN_FLAGS = {"group-by-length": "no-group-by-length"}
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 # Where the model channel's archive is unpacked (one directory per archive, shared by the ranks of a node).
@@ -59,7 +58,22 @@ def training_defaults(environ: Mapping[str, str] | None = None) -> dict[str, str
         if environ.get(variable):
             defaults[field] = environ[variable]
     defaults["checkpoint_dir"] = CHECKPOINT_DIR
+    if environ.get(CHECKPOINT_PER_JOB_VARIABLE) == "1":
+        job_name = environ.get("TRAINING_JOB_NAME") or _training_env(environ).get("job_name")
+        if not job_name:
+            raise ConfigError(
+                f"{CHECKPOINT_PER_JOB_VARIABLE}=1 but neither TRAINING_JOB_NAME nor SM_TRAINING_ENV names the job."
+            )
+        defaults["checkpoint_dir"] = f"{CHECKPOINT_DIR}/{job_name}"
     return defaults
+
+
+def _training_env(environ: Mapping[str, str]) -> dict:
+    try:
+        value = json.loads(environ.get("SM_TRAINING_ENV") or "{}")
+    except ValueError:
+        raise ConfigError("SM_TRAINING_ENV is not valid JSON; SageMaker sets it to a JSON object.") from None
+    return value if isinstance(value, dict) else {}
 
 
 def channel_file(channel: str, directory: Path) -> Path:
@@ -167,6 +181,12 @@ def boolean_flags_to_cli(argv: Sequence[str]) -> list[str]:
     Other arguments pass through unchanged. A boolean flag with no value (a hand-written
     command line) means True.
     """
+    # The on/off flags come from the one option table (train_options.py). SageMaker passes every
+    # hyper-parameter as `--name value`, so they arrive as "True"/"False". `group-by-length False`
+    # is how a hyper-parameter naturally says `--no-group-by-length`.
+    switches = [option for option in train_options.TRAIN_OPTIONS if option.switch]
+    boolean_flags = {option.flag for option in switches}
+    negated_flags = {option.field_flag: option.flag for option in switches if option.negated}
     result: list[str] = []
     index = 0
     argv = list(argv)
@@ -178,8 +198,8 @@ def boolean_flags_to_cli(argv: Sequence[str]) -> list[str]:
             continue
         name, has_inline, inline_value = item[2:].partition("=")
         name = name.replace("_", "-")
-        flag = NEGATED_BOOLEAN_FLAGS.get(name, name)
-        if name not in BOOLEAN_FLAGS and name not in NEGATED_BOOLEAN_FLAGS:
+        flag = negated_flags.get(name, name)
+        if name not in boolean_flags and name not in negated_flags:
             result.append(f"--{name}={inline_value}" if has_inline else f"--{name}")
             continue
         if has_inline:
@@ -190,7 +210,7 @@ def boolean_flags_to_cli(argv: Sequence[str]) -> list[str]:
         else:
             value = None
         enabled = True if value is None else _parse_bool(name, value)
-        if name in NEGATED_BOOLEAN_FLAGS:
+        if name in negated_flags:
             enabled = not enabled
         if enabled:
             result.append(f"--{flag}")

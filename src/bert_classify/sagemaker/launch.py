@@ -7,9 +7,7 @@ calls); `launch_training` uploads local data and our code, sends it, and optiona
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import re
 import sys
 import tempfile
 import time
@@ -25,6 +23,7 @@ from bert_classify.sagemaker import aws
 from bert_classify.sagemaker.environment import CHECKPOINT_DIR
 from bert_classify.sagemaker.forwarding import IMAGE_ENTRY, container_command
 from bert_classify.sagemaker.source import ENTRY_SCRIPT_NAME, build_sourcedir
+from bert_classify.train_options import TRAIN_OPTIONS, find_option
 
 DEFAULT_INSTANCE_TYPE = "ml.g5.xlarge"
 DEFAULT_FRAMEWORK_VERSION = "2.6"
@@ -33,22 +32,17 @@ DEFAULT_MAX_RUN_SECONDS = 24 * 3600
 DISTRIBUTIONS = ("auto", "torchrun", "none")
 DATA_CHANNELS = ("train", "val", "classes")
 # `train` flags that the job sets itself: SageMaker's directories, or container-side paths only.
-LAUNCHER_OWNED_FLAGS = (
-    "train",
-    "val",
-    "classes",
-    "model",
-    "output-dir",
-    "metrics-dir",
-    "checkpoint-dir",
-    "nproc",
-)
+LAUNCHER_OWNED_FLAGS = tuple(option.flag for option in TRAIN_OPTIONS if option.launcher_owned)
 # SageMaker takes the first capture group of each regex from the job's log (our `metric:` lines).
 _FLOAT = r"([-+]?(?:[0-9]*\.[0-9]+|[0-9]+)(?:[eE][-+]?[0-9]+)?|nan|inf)"
 METRIC_NAMES = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1")
 METRIC_DEFINITIONS = [{"Name": name, "Regex": rf"metric: {name}={_FLOAT} step="} for name in METRIC_NAMES]
 TERMINAL_STATUSES = ("Completed", "Failed", "Stopped")
-_JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+# SageMaker retries a job that fails with an internal error or for lack of capacity (RetryStrategy).
+DEFAULT_MAX_RETRY_ATTEMPTS = 2
+MAX_RETRY_ATTEMPTS = 30
+MAX_KEEP_ALIVE_SECONDS = 3600  # SageMaker's limit for warm pools
+TENSORBOARD_DIR = "/opt/ml/output/tensorboard"
 
 
 @dataclass
@@ -86,6 +80,10 @@ class TrainingJobOptions:
     tags: dict[str, str] = field(default_factory=dict)
     environment: dict[str, str] = field(default_factory=dict)
     region: str | None = None
+    max_retry_attempts: int = DEFAULT_MAX_RETRY_ATTEMPTS  # 0: no RetryStrategy
+    keep_alive_seconds: int | None = None  # warm pool (on-demand only)
+    tensorboard: bool = True
+    tensorboard_s3_uri: str | None = None  # default: <s3-prefix>/<job>/tensorboard
     # PID-1 signal forwarder in front of the image's entry, so that a spot reclaim's SIGTERM reaches the trainer.
     forward_signals: bool = True
     container_entry: list[str] = field(default_factory=lambda: list(IMAGE_ENTRY))
@@ -134,11 +132,29 @@ def validate_options(options: TrainingJobOptions) -> None:
         raise ConfigError(f"--volume-size must be >= 1 GB, not {options.volume_size_gb}.")
     if bool(options.subnets) != bool(options.security_group_ids):
         raise ConfigError("--subnets and --security-group-ids go together: a VPC configuration needs both.")
-    if options.job_name is not None and not _JOB_NAME.match(options.job_name):
+    if options.job_name is not None and not aws.RESOURCE_NAME.match(options.job_name):
         raise ConfigError(
             f"--job-name '{options.job_name}' is invalid: 1-63 letters, digits and hyphens, starting with a letter or digit."
         )
+    if not 0 <= options.max_retry_attempts <= MAX_RETRY_ATTEMPTS:
+        raise ConfigError(
+            f"--max-retry-attempts must be between 0 and {MAX_RETRY_ATTEMPTS}, not {options.max_retry_attempts}."
+        )
+    if options.keep_alive_seconds is not None:
+        if not 1 <= options.keep_alive_seconds <= MAX_KEEP_ALIVE_SECONDS:
+            raise ConfigError(
+                f"--keep-alive-seconds must be between 1 and {MAX_KEEP_ALIVE_SECONDS} (SageMaker's warm-pool limit), "
+                f"not {options.keep_alive_seconds}."
+            )
+        if options.spot:
+            raise ConfigError(
+                "--keep-alive-seconds: SageMaker warm pools cannot be used with managed spot training; "
+                "add --no-spot to keep on-demand instances warm, or drop --keep-alive-seconds."
+            )
+    if options.tensorboard_s3_uri is not None and not options.tensorboard:
+        raise ConfigError("--tensorboard-s3-uri and --no-tensorboard contradict each other; drop one.")
     for flag, uri in (
+        ("--tensorboard-s3-uri", options.tensorboard_s3_uri),
         ("--checkpoint-s3-uri", options.checkpoint_s3_uri),
         ("--output-path", options.output_path),
         ("--s3-prefix", options.s3_prefix),
@@ -155,69 +171,53 @@ def validate_options(options: TrainingJobOptions) -> None:
 
 
 def normalise_hyperparameters(hyperparameters: Mapping[str, Any]) -> dict[str, str]:
-    """`train` options -> SageMaker hyper-parameters: `--flag-name` keys without dashes, string values.
+    """`train` options -> SageMaker hyper-parameters: flag names without dashes, string values.
 
-    Keys may be flags (`max-steps`) or TrainConfig fields (`max_steps`); booleans become "True"/"False"
-    (the entry script turns them back into flags); None drops the option. Values are checked with the
-    `train` command's own parsers and TrainConfig's validation, so a typo fails here, not on a spot instance.
+    Keys may be flags (`max-steps`, `no-group-by-length`) or TrainConfig fields (`max_steps`,
+    `group_by_length`); on/off options become "True"/"False" under their flag (the entry script turns
+    them back into flags: environment.boolean_flags_to_cli); None drops the option. Values are checked
+    with the option table's parsers and TrainConfig's validation, so a typo fails here, not on a spot instance.
     """
-    specs = train_flag_specs()
     result: dict[str, str] = {}
     typed: dict[str, Any] = {}
     for key, value in hyperparameters.items():
-        flag = str(key).lstrip("-").replace("_", "-")
-        if flag == "group-by-length":  # TrainConfig's field name for the --no-group-by-length switch
-            if value is None:
-                continue
-            flag, value = "no-group-by-length", not _as_bool(flag, value)
-        if flag in LAUNCHER_OWNED_FLAGS:
+        option = find_option(key)
+        flag = option.flag if option else str(key).lstrip("-").replace("_", "-")
+        if option is not None and option.launcher_owned:
             raise ConfigError(
                 f"hyper-parameter '{key}' is set by the launcher: use the launcher's own --{flag} option "
                 "(data and model channels, --output-path, --checkpoint-s3-uri)."
                 if flag != "nproc"
                 else "hyper-parameter 'nproc' is chosen by SageMaker: one process per GPU (see --distribution)."
             )
-        if flag not in specs:
+        if option is None or option.field is None:
             raise ConfigError(
                 f"unknown training option '{key}': see `bert-classify train --help` for the options."
             )
         if value is None:
             continue
-        action = specs[flag]
-        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if option.switch:
+            # A field name states the field's value (group_by_length=False); the flag states the switch's.
             enabled = _as_bool(flag, value)
+            if option.negated and str(key).lstrip("-").replace("_", "-") == option.field_flag:
+                enabled = not enabled  # group_by_length=False is the switch --no-group-by-length on
             result[flag] = "True" if enabled else "False"
-            typed[action.dest] = enabled if isinstance(action, argparse._StoreTrueAction) else not enabled
+            typed[option.field] = option.value_from_switch(enabled)
             continue
         text = str(value)
         try:
-            converted = action.type(text) if action.type else text
+            converted = option.parse(text) if option.parse else text
         except (argparse.ArgumentTypeError, ValueError, TypeError) as error:
             raise ConfigError(f"training option --{flag}: invalid value '{text}' ({error}).") from None
-        if action.choices is not None and converted not in action.choices:
+        if option.choices is not None and converted not in option.choices:
             raise ConfigError(
-                f"training option --{flag} must be one of {', '.join(map(str, action.choices))}, not '{text}'."
+                f"training option --{flag} must be one of {', '.join(map(str, option.choices))}, not '{text}'."
             )
         result[flag] = text
-        typed[action.dest] = converted
+        typed[option.field] = converted
     # Data comes from channels, so the file checks are skipped (`reader` stands in for them).
     TrainConfig.from_dict({**typed, "reader": typed.get("reader") or "sagemaker-channels"}).validate()
     return result
-
-
-def train_flag_specs() -> dict[str, argparse.Action]:
-    """The `train` command's own argument definitions, by flag name (one home for the training options)."""
-    from bert_classify.commands import train as train_command
-
-    parser = argparse.ArgumentParser(add_help=False)
-    train_command.register(parser.add_subparsers())
-    train_parser = next(iter(parser._subparsers._group_actions[0].choices.values()))  # type: ignore[union-attr]
-    specs: dict[str, argparse.Action] = {}
-    for action in train_parser._actions:
-        for option in action.option_strings:
-            if option.startswith("--") and option != "--help":
-                specs[option[2:]] = action
-    return specs
 
 
 def build_training_request(
@@ -319,7 +319,24 @@ def build_training_request(
         }
     if options.tags:
         request["Tags"] = [{"Key": key, "Value": value} for key, value in options.tags.items()]
+    request.update(job_reliability_settings(options, job_prefix))
+    if options.keep_alive_seconds is not None:
+        request["ResourceConfig"]["KeepAlivePeriodInSeconds"] = options.keep_alive_seconds
     return LaunchPlan(request=request, uploads=uploads, source_uri=source_uri)
+
+
+def job_reliability_settings(options: TrainingJobOptions, job_prefix: str) -> dict[str, Any]:
+    """RetryStrategy and TensorBoardOutputConfig of a training job (shared with the tuning job's definition)."""
+    settings: dict[str, Any] = {}
+    if options.max_retry_attempts:
+        # SageMaker retries jobs that fail with InternalServerError, which covers insufficient capacity.
+        settings["RetryStrategy"] = {"MaximumRetryAttempts": options.max_retry_attempts}
+    if options.tensorboard:
+        settings["TensorBoardOutputConfig"] = {
+            "S3OutputPath": options.tensorboard_s3_uri or f"{job_prefix}/tensorboard",
+            "LocalPath": TENSORBOARD_DIR,
+        }
+    return settings
 
 
 def launch_training(
@@ -333,13 +350,16 @@ def launch_training(
 ) -> dict[str, Any]:
     """Create the training job; return the CreateTrainingJob request (and, with wait, the final description).
 
-    dry_run prints the request as JSON and sends nothing (the account is looked up only when the
-    default bucket must be named). wait follows status and logs to the end and reports the spot saving.
+    dry_run prints the request as JSON and makes no AWS call at all (no credentials or network needed):
+    without --s3-prefix the default bucket's account is `<ACCOUNT_ID>`, said on stderr. wait follows
+    status and logs to the end and reports the spot saving.
     """
     validate_options(options)
     session = session or aws.make_session(options.region)
     region = aws.session_region(session, options.region)
-    account_id = None if options.s3_prefix else aws.account_id(session)
+    account_id = None
+    if not options.s3_prefix:
+        account_id = dry_run_account(dry_run) or aws.account_id(session)
     image_uri = options.image_uri or aws.framework_image_uri(
         region, options.instance_type, options.framework_version, options.py_version, scope="training"
     )
@@ -379,6 +399,17 @@ def launch_training(
     if wait:
         result["description"] = wait_for_training_job(session, job_name, out=out, poll_seconds=poll_seconds)
     return result
+
+
+def dry_run_account(dry_run: bool) -> str | None:
+    """The account placeholder of a dry run (said on stderr), or None when the account must be asked."""
+    if not dry_run:
+        return None
+    aws.note(
+        f"dry run: the AWS account is not looked up; {aws.ACCOUNT_PLACEHOLDER} stands for it in the default "
+        "bucket (pass --s3-prefix to name the bucket)."
+    )
+    return aws.ACCOUNT_PLACEHOLDER
 
 
 def wait_for_training_job(
@@ -526,11 +557,3 @@ def _s3_channel(name: str, uri: str) -> dict[str, Any]:
             }
         },
     }
-
-
-def options_from_dict(values: Mapping[str, Any]) -> TrainingJobOptions:
-    names = {f.name for f in dataclasses.fields(TrainingJobOptions)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(f"unknown launch option(s): {', '.join(unknown)}")
-    return TrainingJobOptions(**values)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from bert_classify.sagemaker.environment import DEFAULT_MASTER_PORT  # the one home of torchrun's port
+
 # A rank that stops answering ends the job after this long instead of hanging it.
 COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("BERT_CLASSIFY_DIST_TIMEOUT_S", "600")))
 
@@ -104,7 +106,7 @@ def torchrun_command(
             f"--nnodes={nnodes}",
             f"--node_rank={node_rank}",
             f"--master_addr={master_addr}",
-            f"--master_port={master_port or 29500}",
+            f"--master_port={master_port or DEFAULT_MASTER_PORT}",
         ]
     else:
         command += ["--standalone"] if master_port is None else [f"--master_addr={master_addr}", f"--master_port={master_port}"]
