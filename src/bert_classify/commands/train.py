@@ -10,7 +10,14 @@ import argparse
 import os
 from typing import Any
 
-from bert_classify.config import BEST_METRICS, DATA_FORMATS, DEFAULT_MODEL, PRECISIONS, TrainConfig
+from bert_classify.config import (
+    BEST_METRICS,
+    CLASS_WEIGHT_MODES,
+    DATA_FORMATS,
+    DEFAULT_MODEL,
+    PRECISIONS,
+    TrainConfig,
+)
 from bert_classify.errors import ConfigError
 
 
@@ -60,6 +67,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-group-by-length", dest="group_by_length", action="store_false", help="plain shuffled batches"
     )
     optimisation.add_argument("--seed", type=int, help="random seed (default: 42)")
+    optimisation.add_argument(
+        "--class-weights",
+        choices=CLASS_WEIGHT_MODES,
+        help="balanced: weight the loss by inverse class frequency, for imbalanced classes (default: none)",
+    )
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--eval-every-steps", type=int, help="also evaluate every N steps (always every epoch)")
     evaluation.add_argument("--best-metric", choices=BEST_METRICS, help="metric choosing the best model (default: macro_f1)")
@@ -68,6 +80,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     output.add_argument("--output-dir", help="where the trained model and metrics go (default: output)")
     output.add_argument("--metrics-dir", help="extra copy of metrics.json (SageMaker: SM_OUTPUT_DATA_DIR)")
     output.add_argument("--log-every-steps", type=int, help="progress line every N steps (default: 20)")
+    output.add_argument(
+        "--tensorboard-dir", help="also write TensorBoard event files here (SageMaker: /opt/ml/output/tensorboard)"
+    )
     checkpoints = parser.add_argument_group("checkpoints (spot interruptions)")
     checkpoints.add_argument("--checkpoint-dir", help="write and resume checkpoints here (SageMaker: /opt/ml/checkpoints)")
     checkpoints.add_argument("--checkpoint-every-steps", type=int, help="checkpoint every N optimizer steps")

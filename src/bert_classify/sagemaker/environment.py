@@ -18,6 +18,8 @@ from pathlib import Path, PurePosixPath
 from bert_classify.errors import ConfigError
 
 CHECKPOINT_DIR = "/opt/ml/checkpoints"
+# TensorBoard event files: SageMaker's TensorBoardOutputConfig uploads this directory (its default LocalPath).
+TENSORBOARD_DIR = "/opt/ml/output/tensorboard"
 DEFAULT_MASTER_PORT = 29500
 # SM_CHANNEL_<NAME> -> TrainConfig field. The model channel is special: a model directory, not a file.
 FILE_CHANNELS = {"train": "train", "val": "val", "classes": "classes"}
@@ -60,7 +62,17 @@ def training_defaults(environ: Mapping[str, str] | None = None) -> dict[str, str
         if environ.get(variable):
             defaults[field] = environ[variable]
     defaults["checkpoint_dir"] = CHECKPOINT_DIR
+    defaults["tensorboard_dir"] = tensorboard_dir(environ)
     return defaults
+
+
+def tensorboard_dir(environ: Mapping[str, str]) -> str:
+    """`tensorboard/` beside the job's output data (SM_OUTPUT_DIR, else SM_OUTPUT_DATA_DIR's parent)."""
+    if environ.get("SM_OUTPUT_DIR"):
+        return str(Path(environ["SM_OUTPUT_DIR"]) / "tensorboard")
+    if environ.get("SM_OUTPUT_DATA_DIR"):
+        return str(Path(environ["SM_OUTPUT_DATA_DIR"]).parent / "tensorboard")
+    return TENSORBOARD_DIR
 
 
 def channel_file(channel: str, directory: Path) -> Path:
