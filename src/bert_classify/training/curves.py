@@ -200,7 +200,7 @@ class EventFileWriter:
 
     def session_start(self, step: int) -> None:
         """A SessionLog START: TensorBoard discards earlier-logged points at steps >= `step`."""
-        self._write(_event(time.time(), step, _bytes_field(6, _varint_field(1, 1))))
+        self._write(_event(time.time(), step, _bytes_field(7, _varint_field(1, 1))))  # Event.session_log = START
 
     def _write(self, event: bytes) -> None:
         header = struct.pack("<Q", len(event))
