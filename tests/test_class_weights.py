@@ -81,35 +81,42 @@ def _config(data: Path, model: Path, output: Path, **overrides: object) -> Train
     return TrainConfig(**values)  # type: ignore[arg-type]
 
 
-def _validation_losses(model_dir: Path, data: Path, weights: torch.Tensor) -> tuple[float, float]:
-    """(weighted, unweighted) mean cross-entropy of the saved model on val.csv, computed independently."""
+def _losses_of(model_dir: Path, data_file: Path, weights: torch.Tensor) -> tuple[float, float]:
+    """(weighted, unweighted) mean cross-entropy of a model on a file, computed independently of the loop."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from bert_classify.data import load_labeled_data
 
-    val = load_labeled_data(str(data / "val.csv"), class_names=CLASS_NAMES)
-    texts, labels = val.texts, torch.tensor(val.labels)
+    data = load_labeled_data(str(data_file), class_names=CLASS_NAMES)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     with torch.no_grad():
-        logits = model(**tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")).logits
-    weighted = F.cross_entropy(logits, labels, weight=weights, reduction="sum") / len(texts)
+        encoded = tokenizer(data.texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+        logits = model(**encoded).logits
+    labels = torch.tensor(data.labels)
+    weighted = F.cross_entropy(logits, labels, weight=weights, reduction="sum") / len(data.texts)
     return float(weighted), float(F.cross_entropy(logits, labels))
 
 
-def test_balanced_training_weights_the_loss_and_warns(
-    imbalanced_data: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_balanced_training_weights_the_training_loss_and_warns(
+    imbalanced_data: Path, tiny_model_no_dropout_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    result = train(_config(imbalanced_data, tiny_model_dir, tmp_path / "model", class_weights="balanced"))
+    # One step over all 83 training examples: its logged loss is the initial model's loss on them.
+    config = _config(imbalanced_data, tiny_model_no_dropout_dir, tmp_path / "model", class_weights="balanced",
+                     max_steps=1, batch_size=83, learning_rate=1e-6)  # fmt: skip
+    result = train(config)
     printed = capsys.readouterr().out
     assert "warning: imbalanced classes: 'Animal' has 3 training examples, 13x fewer than 'Company' (40)" in printed
     assert "--class-weights balanced is on" in printed
     assert "class weights (balanced): from 0.692 to 9.22" in printed  # 83/(3*40), 83/(3*3)
     weights = torch.tensor(balanced_class_weights(np.array([40, 40, 3])), dtype=torch.float32)
-    weighted, unweighted = _validation_losses(tmp_path / "model", imbalanced_data, weights)
-    assert result.metrics is not None
-    assert result.metrics["loss"] == pytest.approx(weighted, rel=1e-4)  # validation loss is the weighted objective
+    weighted, unweighted = _losses_of(tiny_model_no_dropout_dir, imbalanced_data / "train.csv", weights)
     assert abs(weighted - unweighted) > 1e-3
+    curves = json.loads((tmp_path / "model" / "training_curves.json").read_text())
+    assert curves["train/loss"] == [[1, pytest.approx(weighted, rel=1e-5)]]
+    # The validation loss stays the plain cross-entropy, comparable across runs with and without weights.
+    _, validation_unweighted = _losses_of(tmp_path / "model", imbalanced_data / "val.csv", weights)
+    assert result.metrics is not None and result.metrics["loss"] == pytest.approx(validation_unweighted, rel=1e-4)
     assert json.loads((tmp_path / "model" / "training_config.json").read_text())["class_weights"] == "balanced"
 
 

@@ -429,7 +429,7 @@ class Trainer:
             input_ids, attention_mask, labels = self._collate(self.val_ids, self.val_labels, shard[start : start + eval_batch])
             with self.autocast():
                 logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
-            confusion[-1] += F.cross_entropy(logits, labels, weight=self.class_weights, reduction="sum").double()
+            confusion[-1] += F.cross_entropy(logits, labels, reduction="sum").double()
             flat = labels * classes + logits.argmax(dim=-1)
             confusion[:-1] += torch.bincount(flat, minlength=classes * classes).double()
         all_reduce_sum(self.context, confusion)
