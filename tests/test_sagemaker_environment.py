@@ -57,6 +57,7 @@ def test_channels_and_directories_map_to_train_options(tmp_path: Path, tiny_mode
         "output_dir": str(tmp_path / "model-out"),
         "metrics_dir": str(tmp_path / "output-data"),
         "checkpoint_dir": CHECKPOINT_DIR,
+        "tensorboard_dir": str(tmp_path / "tensorboard"),  # beside SM_OUTPUT_DATA_DIR, as /opt/ml/output/tensorboard
     }
 
 

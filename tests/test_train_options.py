@@ -44,7 +44,7 @@ def test_the_option_table_covers_every_config_field_once() -> None:
     fields = [option.field for option in TRAIN_OPTIONS if option.field]
     assert sorted(fields) == sorted(field.name for field in dataclasses.fields(TrainConfig))
     assert len({option.flag for option in TRAIN_OPTIONS}) == len(TRAIN_OPTIONS)
-    assert set(LAUNCHER_OWNED_FLAGS) == {"train", "val", "classes", "model", "output-dir", "metrics-dir", "checkpoint-dir", "nproc"}
+    assert set(LAUNCHER_OWNED_FLAGS) == {"train", "val", "classes", "model", "output-dir", "metrics-dir", "checkpoint-dir", "tensorboard-dir", "nproc"}
 
 
 @pytest.mark.parametrize("option", [o for o in TRAIN_OPTIONS if o.switch], ids=lambda o: o.flag)

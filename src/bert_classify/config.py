@@ -35,6 +35,7 @@ _OPERATIONAL_OPTIONS = frozenset({
     "output_dir", "metrics_dir", "log_every_steps", "force_resume", "overwrite_output_dir",
     "checkpoint_every_steps", "checkpoint_every_minutes", "keep_checkpoints",
 })
+CLASS_WEIGHT_MODES = ("none", "balanced")
 
 
 def auto_learning_rate(hidden_size: int) -> float:
@@ -77,6 +78,7 @@ class TrainConfig:
     precision: str = "auto"
     group_by_length: bool = True
     seed: int = 42
+    class_weights: str = "none"  # "balanced": inverse class frequency, mean weight 1 over examples
     # evaluation and selection
     eval_every_steps: int | None = None
     best_metric: str = "macro_f1"
@@ -84,6 +86,7 @@ class TrainConfig:
     # output
     output_dir: str = "output"
     log_every_steps: int = 20
+    tensorboard_dir: str | None = None  # TensorBoard event files (SageMaker: /opt/ml/output/tensorboard)
     # checkpoints (spot interruptions)
     checkpoint_dir: str | None = None
     checkpoint_every_steps: int | None = None
@@ -105,6 +108,10 @@ class TrainConfig:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, not '{self.precision}'.")
         if self.best_metric not in BEST_METRICS:
             raise ConfigError(f"--best-metric must be one of {', '.join(BEST_METRICS)}, not '{self.best_metric}'.")
+        if self.class_weights not in CLASS_WEIGHT_MODES:
+            raise ConfigError(
+                f"--class-weights must be one of {', '.join(CLASS_WEIGHT_MODES)}, not '{self.class_weights}'."
+            )
         _positive_int("--epochs", self.epochs)
         _positive_int("--batch-size", self.batch_size)
         _positive_int("--grad-accum-steps", self.grad_accum_steps)

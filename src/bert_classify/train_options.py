@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bert_classify.config import BEST_METRICS, DATA_FORMATS, DEFAULT_MODEL, PRECISIONS
+from bert_classify.config import BEST_METRICS, CLASS_WEIGHT_MODES, DATA_FORMATS, DEFAULT_MODEL, PRECISIONS
 
 
 def parse_learning_rate(value: str) -> float | None:
@@ -79,6 +79,11 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
     TrainOption("precision", "precision", "optimisation", "auto = bf16 on capable GPUs, else fp32", choices=PRECISIONS),
     TrainOption("no-group-by-length", "group_by_length", "optimisation", "plain shuffled batches", None, switch=True, negated=True),
     TrainOption("seed", "seed", "optimisation", "random seed (default: 42)", int),
+    TrainOption(
+        "class-weights", "class_weights", "optimisation",
+        "balanced: weight the loss by inverse class frequency, for imbalanced classes (default: none)",
+        choices=CLASS_WEIGHT_MODES,
+    ),  # fmt: skip
     # evaluation
     TrainOption("eval-every-steps", "eval_every_steps", "evaluation", "also evaluate every N steps (always every epoch)", int),
     TrainOption("best-metric", "best_metric", "evaluation", "metric choosing the best model (default: macro_f1)", choices=BEST_METRICS),
@@ -91,6 +96,10 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
         "replace a model that another run left in --output-dir (a re-run of the same run needs no flag)", None, switch=True,
     ),  # fmt: skip
     TrainOption("log-every-steps", "log_every_steps", "output", "progress line every N steps (default: 20)", int),
+    TrainOption(
+        "tensorboard-dir", "tensorboard_dir", "output",
+        "also write TensorBoard event files here (SageMaker: /opt/ml/output/tensorboard)", launcher_owned=True,
+    ),  # fmt: skip
     # checkpoints
     TrainOption(
         "checkpoint-dir", "checkpoint_dir", "checkpoints (spot interruptions)",

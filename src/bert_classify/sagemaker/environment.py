@@ -21,6 +21,8 @@ CHECKPOINT_DIR = "/opt/ml/checkpoints"
 # Set (to "1") in a tuning job's training jobs: each checkpoints under CHECKPOINT_DIR/<its job name>, so
 # parallel jobs never resume from one another's state. SageMaker names the job in TRAINING_JOB_NAME.
 CHECKPOINT_PER_JOB_VARIABLE = "BERT_CLASSIFY_CHECKPOINT_PER_JOB"
+# TensorBoard event files: SageMaker's TensorBoardOutputConfig uploads this directory (its default LocalPath).
+TENSORBOARD_DIR = "/opt/ml/output/tensorboard"
 DEFAULT_MASTER_PORT = 29500
 # SM_CHANNEL_<NAME> -> TrainConfig field. The model channel is special: a model directory, not a file.
 FILE_CHANNELS = {"train": "train", "val": "val", "classes": "classes"}
@@ -65,6 +67,7 @@ def training_defaults(environ: Mapping[str, str] | None = None) -> dict[str, str
                 f"{CHECKPOINT_PER_JOB_VARIABLE}=1 but neither TRAINING_JOB_NAME nor SM_TRAINING_ENV names the job."
             )
         defaults["checkpoint_dir"] = f"{CHECKPOINT_DIR}/{job_name}"
+    defaults["tensorboard_dir"] = tensorboard_dir(environ)
     return defaults
 
 
@@ -74,6 +77,15 @@ def _training_env(environ: Mapping[str, str]) -> dict:
     except ValueError:
         raise ConfigError("SM_TRAINING_ENV is not valid JSON; SageMaker sets it to a JSON object.") from None
     return value if isinstance(value, dict) else {}
+
+
+def tensorboard_dir(environ: Mapping[str, str]) -> str:
+    """`tensorboard/` beside the job's output data (SM_OUTPUT_DIR, else SM_OUTPUT_DATA_DIR's parent)."""
+    if environ.get("SM_OUTPUT_DIR"):
+        return str(Path(environ["SM_OUTPUT_DIR"]) / "tensorboard")
+    if environ.get("SM_OUTPUT_DATA_DIR"):
+        return str(Path(environ["SM_OUTPUT_DATA_DIR"]).parent / "tensorboard")
+    return TENSORBOARD_DIR
 
 
 def channel_file(channel: str, directory: Path) -> Path:

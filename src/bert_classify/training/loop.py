@@ -155,10 +155,12 @@ class Trainer:
         self._setup_model_config()
         self._setup_data()
         self._setup_tokenized()
+        self._setup_class_weights()
         self._setup_model()
         self._setup_optimizer()
         self._setup_precision()
         self._setup_checkpointing()
+        self._setup_curves()
 
     def _setup_model_config(self) -> None:
         config = self.config
@@ -296,6 +298,7 @@ class Trainer:
         values["freeze_encoder"] = config.freeze_encoder
         values["train_data"] = _data_digest(self.train_data.texts, self.train_data.labels)
         values["val_data"] = _data_digest(self.val_data.texts, self.val_data.labels)
+        values.update(class_weights_fingerprint(config))
         return values
 
     def _check_fingerprint(self, saved: dict[str, Any], path: Path) -> None:
@@ -443,6 +446,7 @@ class Trainer:
         epoch_label = state.epoch + (0 if state.step_in_epoch == 0 else 1)
         for name in ("loss", "accuracy", "macro_f1"):
             self.log(f"metric: val_{name}={metrics[name]:.4f} step={state.global_step} epoch={epoch_label}")
+        self.curves.add(state.global_step, {f"val/{name}": metrics[name] for name in ("loss", "accuracy", "macro_f1")})
         value = float(metrics[self.config.best_metric])
         better = (
             state.best_metric_value is None
@@ -568,7 +572,7 @@ class Trainer:
             with nullcontext() if sync else self.ddp_model.no_sync():  # type: ignore[operator]
                 with self.autocast():
                     logits = self.ddp_model(input_ids=batch[0], attention_mask=batch[1]).logits
-                loss_sum = F.cross_entropy(logits.float(), batch[2], reduction="sum")
+                loss_sum = F.cross_entropy(logits.float(), batch[2], weight=self.class_weights, reduction="sum")
                 if empty:
                     loss_sum = loss_sum * 0.0  # keeps every rank in the same collectives
                 self.scaler.scale(loss_sum * (world / len(step))).backward()
@@ -624,12 +628,42 @@ class Trainer:
             for directory in {output_dir, Path(self.config.metrics_dir or output_dir)}:
                 directory.mkdir(parents=True, exist_ok=True)
                 (directory / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+            self.curves.write_outputs(sorted({output_dir, Path(self.config.metrics_dir or output_dir)}))
             self.log(
                 f"saved model to {output_dir} (best val {self.config.best_metric} "
                 f"{self.state.best_metric_value:.4f} at step {self.state.best_step})"
             )
         barrier(self.context)
         return str(output_dir)
+
+    # ------------------------------------------------------------- class weights, training curves
+    def _setup_class_weights(self) -> None:
+        """Warn about imbalanced classes; with --class-weights balanced, weight the loss per class."""
+        from bert_classify.training import class_balance
+
+        counts = class_balance.class_counts(self.train_labels, len(self.class_names))
+        warning = class_balance.imbalance_warning(counts, self.class_names, self.config.class_weights)
+        if warning:
+            self.log(warning)
+        self.class_weights: torch.Tensor | None = None
+        if self.config.class_weights == "balanced":
+            weights = class_balance.balanced_class_weights(counts)
+            self.class_weights = torch.tensor(weights, dtype=torch.float32, device=self.context.device)
+            self.log(f"class weights (balanced): from {weights[weights > 0].min():.3g} to {weights.max():.3g}")
+
+    def _setup_curves(self) -> None:
+        """Scalars by step for training_curves.png and TensorBoard; the history resumes with the checkpoint."""
+        from bert_classify.training.curves import HISTORY_FILE, TrainingCurves
+
+        config = self.config
+        self.curves = TrainingCurves(
+            history_path=Path(config.checkpoint_dir) / HISTORY_FILE if config.checkpoint_dir else None,
+            tensorboard_dir=Path(config.tensorboard_dir) if config.tensorboard_dir else None,
+            start_step=self.state.global_step,
+            enabled=self.context.is_main,
+        )
+        if config.tensorboard_dir:
+            self.log(f"TensorBoard event files in {config.tensorboard_dir} (tensorboard --logdir {config.tensorboard_dir})")
 
 
 class _Progress:
@@ -672,6 +706,7 @@ class _Progress:
                 f"eta {_duration(eta)}"
             )
         trainer.log(f"metric: train_loss={loss:.4f} step={state.global_step} epoch={epoch}")
+        trainer.curves.add(state.global_step, {"train/loss": loss, "train/learning_rate": learning_rate})
 
     def close(self) -> None:
         if self.bar is not None:
@@ -682,6 +717,11 @@ class _Progress:
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def class_weights_fingerprint(config: TrainConfig) -> dict[str, Any]:
+    """The class-weight mode for the resume fingerprint; absent at its default, so older checkpoints still match."""
+    return {"class_weights": config.class_weights} if config.class_weights != "none" else {}
 
 
 def _data_digest(texts: list[str], labels: list[int]) -> str:
