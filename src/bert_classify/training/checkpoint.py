@@ -380,10 +380,13 @@ class DirectoryLock:
         except OSError as error:  # a file system without locks: go on, but say so
             if log:
                 log(f"warning: cannot lock {self.path} ({error.strerror or error}); make sure no other run uses it")
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
-        handle.flush()
+        try:  # who holds it, for the message another run shows (best effort: the disk may be full)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+            handle.flush()
+        except OSError:
+            pass
         self._handle = handle
 
     def release(self) -> None:
@@ -594,10 +597,11 @@ class Checkpointer:
             return None
         chosen = -1
         if self.context.is_main:
+            listed = _listed_checkpoints(self.directory)
             found = find_latest_checkpoint(self.directory, log=self.log, move_damaged=True)
             if found is not None:
                 chosen = found.step
-            elif _listed_checkpoints(self.directory):
+            elif listed:
                 self.log(f"no usable checkpoint in {self.directory}: starting from the beginning")
         chosen = self._agree_on_step(chosen)
         if chosen < 0:
