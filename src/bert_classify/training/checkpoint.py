@@ -313,12 +313,17 @@ def prune_checkpoints(directory: Path, keep: int, newest_step: int) -> None:
     Nothing newer than `newest_step` is touched, and the one just written is never removed, so a
     damaged checkpoint with a higher step can never push out the newest verified one.
     """
-    older = [
-        path for step, path in _listed_checkpoints(directory) if step < newest_step and (path / MANIFEST_FILE).is_file()
-    ]
+    older = [path for step, path in _listed_checkpoints(directory) if step < newest_step and _has_manifest(path)]
     for path in older[max(0, keep - 1) :]:
         shutil.rmtree(path, ignore_errors=True)
     remove_stale_temporaries(directory, up_to_step=newest_step)
+
+
+def _has_manifest(path: Path) -> bool:
+    try:
+        return (path / MANIFEST_FILE).is_file()
+    except OSError:  # an unreadable directory: not counted, not removed (the next start moves it aside)
+        return False
 
 
 def remove_stale_temporaries(directory: Path, up_to_step: int | None = None) -> None:
