@@ -562,8 +562,9 @@ class Checkpointer:
         self._lock = DirectoryLock(directory) if directory is not None else None
         self._staging: dict[str, torch.Tensor] = {}
         self._thread: threading.Thread | None = None
-        self._pending: tuple[_Snapshot, float, float] | None = None
+        self._pending: tuple[_Snapshot, float, bool] | None = None  # snapshot, save() start, blocking
         self._error: BaseException | None = None
+        self._stall = 0.0
         self._finished: tuple[Path, float, int] | None = None
         self._best_file: tuple[int, Path] | None = None  # (best_step, file) of the newest written best weights
 
@@ -683,14 +684,14 @@ class Checkpointer:
         if self.context.is_main:
             self._join()  # at most one write in flight; raises if the previous one failed
             if self.last_step != step:
-                waited = time.perf_counter() - started
                 snapshot = self._capture(step, reason, model, optimizer, scheduler, scaler, progress, best_state)
-                stall = time.perf_counter() - started
-                self._pending = (snapshot, stall, waited)
+                blocking = wait or not WRITE_IN_BACKGROUND
+                self._pending = (snapshot, started, blocking)
+                self._stall = time.perf_counter() - started
                 self._thread = threading.Thread(target=self._write, args=(snapshot,), name="checkpoint-writer", daemon=True)
                 self._thread.start()
                 self.last_step = step
-                if wait or not WRITE_IN_BACKGROUND:
+                if blocking:
                     self._join()
         self.last_time = time.monotonic()
         if wait:
@@ -720,7 +721,9 @@ class Checkpointer:
         finished, self._finished = self._finished, None
         if pending is None:
             return
-        snapshot, stall, _ = pending
+        snapshot, started, blocking = pending
+        # a blocking save stalled training for the whole write; an asynchronous one for the copy only
+        stall = time.perf_counter() - started if blocking else self._stall
         if error is not None:
             previous = self._previous_checkpoint(snapshot.step)
             self.last_step = None
