@@ -1,12 +1,19 @@
 """Checkpoint cost and work lost per interruption, through our real training path.
 
-1. Write time and size: train the shared MiniLM a few steps with a checkpoint after every step.
-2. Overhead at the default interval (every 10 minutes) from that write time, and, with
-   --interval-steps N, measured directly on a run that checkpoints every N steps.
-3. Work lost: `python -m bert_classify train` subprocesses interrupted by SIGTERM and by SIGKILL,
-   then re-run with the same command; steps repeated = last completed step - resumed step.
+Asynchronous checkpoints (`--async-models minilm,bert-base`, the default): for the shared MiniLM and a
+randomly initialised BERT-base-size model (`transformers.BertConfig()` defaults, no download), train a
+few steps in-process three ways, alternating: no checkpoints; a checkpoint every K steps written
+synchronously (the whole write blocks the step); the same, written in the background (the step waits
+only for the copy). Reports bytes per checkpoint, the step stall of each, the background write time,
+the per-checkpoint cost measured as (training time with checkpoints - without) / checkpoints + stall,
+and the overhead and work lost at the default interval.
 
-    python benchmarks/bench_checkpoint.py
+The older measurements stay available: `--writes` (write time per checkpoint, MiniLM), and
+`--interruptions` (subprocesses interrupted by SIGTERM and by SIGKILL, then re-run with the same
+command; steps repeated = last completed step - resumed step).
+
+    python benchmarks/bench_checkpoint.py                      # async figures, both models
+    python benchmarks/bench_checkpoint.py --interruptions --async-models none
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import argparse
 import csv
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,13 +33,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, SHARED, write_result  # noqa: E402
+from bert_classify.config import TrainConfig  # noqa: E402
+
+DEFAULT_INTERVAL_SECONDS = float(TrainConfig().checkpoint_every_minutes or 0) * 60
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DATA_DIR = SHARED / "data" / "dbpedia-10k"
 MODEL_DIR = SHARED / "models" / "minilm-l6-h384-uncased"
-DEFAULT_INTERVAL_SECONDS = 600.0  # TrainConfig.checkpoint_every_minutes = 10
 STEP_LINE = re.compile(r"^step (\d+)/\d+")
 STOPPED_LINE = re.compile(r"stopped by signal after step (\d+)")
 RESUMED_LINE = re.compile(r"resumed from checkpoint at step (\d+)")
@@ -83,7 +93,7 @@ def measure_writes(args: argparse.Namespace, work: Path, train_csv: Path, val_cs
         "seconds_per_step": step_seconds,
         "default_interval_seconds": DEFAULT_INTERVAL_SECONDS,
         "overhead_at_default_interval": typical / (DEFAULT_INTERVAL_SECONDS + typical),
-        "overhead_formula": "write / (600 s of training + write), median write of a checkpoint with the best model",
+        "overhead_formula": "write / (default interval of training + write), median write of a checkpoint with the best model",
         "steps_lost_to_sigkill_at_default_interval_at_most": int(DEFAULT_INTERVAL_SECONDS // step_seconds),
     }
 
@@ -109,6 +119,100 @@ def measure_interval(args: argparse.Namespace, work: Path, train_csv: Path, val_
         "overhead": write / (result.train_seconds + write),
         "note": "one run; train_seconds excludes checkpoint writes and evaluation, so overhead = writes / (steps + writes)",
     }
+
+
+# ------------------------------------------------------------------------------------ async writes
+def build_bert_base(work: Path, num_labels: int) -> Path:
+    """A randomly initialised BertConfig() classifier (110M parameters) with MiniLM's uncased vocabulary."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    target = work / "bert-base-random"
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(num_labels=num_labels))
+    model.save_pretrained(target, safe_serialization=True)
+    AutoTokenizer.from_pretrained(MODEL_DIR).save_pretrained(target)  # bert-base-uncased's 30522-word vocabulary
+    return target
+
+
+def _train_once(args: argparse.Namespace, model: Path, work: Path, train_csv: Path, val_csv: Path, mode: str, round_: int) -> dict[str, Any]:
+    from bert_classify.training import checkpoint
+    from bert_classify.training.loop import train
+
+    checkpoint.WRITE_IN_BACKGROUND = mode != "sync"
+    name = f"{model.name}-{mode}-{round_}"
+    config = TrainConfig(
+        train=str(train_csv), val=str(val_csv), classes=str(DATA_DIR / "classes.txt"), model=str(model),
+        output_dir=str(work / f"{name}-out"), epochs=1, max_steps=args.async_steps, batch_size=args.async_batch_size,
+        learning_rate=2e-5, max_seq_len=args.async_max_seq_len, seed=42,
+        checkpoint_dir=None if mode == "none" else str(work / f"{name}-checkpoints"),
+        checkpoint_every_steps=args.async_every, checkpoint_every_minutes=None, eval_every_steps=args.async_every,
+        log_every_steps=1_000_000,
+    )
+    result = train(config)
+    # the last checkpoint is the final one, joined before train() returns: not a periodic one
+    periodic = len(result.checkpoint_write_seconds) - 1 if mode != "none" else 0
+    stalls = result.checkpoint_seconds[:periodic]
+    newest = sorted((work / f"{name}-checkpoints").glob("step-*"))[-1] if mode != "none" else None
+    shutil.rmtree(work / f"{name}-out", ignore_errors=True)
+    files = directory_size(newest) if newest is not None else {}
+    if newest is not None:
+        shutil.rmtree(newest.parent, ignore_errors=True)
+    return {
+        "mode": mode,
+        "steps": result.steps_this_run,
+        "train_seconds": result.train_seconds,
+        "periodic_checkpoints": periodic,
+        "stall_seconds": stalls,
+        "write_seconds": result.checkpoint_write_seconds[:periodic],
+        "bytes_serialised": result.checkpoint_bytes[:periodic],
+        "newest_checkpoint_files_bytes": files,
+    }
+
+
+def _median(values: list[float]) -> float | None:
+    values = sorted(values)
+    return values[len(values) // 2] if values else None
+
+
+def measure_async(args: argparse.Namespace, model: Path, work: Path, train_csv: Path, val_csv: Path) -> dict[str, Any]:
+    runs: list[dict[str, Any]] = []
+    for round_ in range(args.async_rounds):
+        for mode in ("none", "sync", "async"):
+            print(f"[async] {model.name}: round {round_ + 1}, checkpoints {mode}", flush=True)
+            runs.append(_train_once(args, model, work, train_csv, val_csv, mode, round_))
+    by_mode = {mode: [run for run in runs if run["mode"] == mode] for mode in ("none", "sync", "async")}
+    baseline = _median([run["train_seconds"] for run in by_mode["none"]]) or 0.0
+    summary: dict[str, Any] = {"model": str(model), "runs": runs}
+    interval = DEFAULT_INTERVAL_SECONDS
+    for mode in ("sync", "async"):
+        stalls = [s for run in by_mode[mode] for s in run["stall_seconds"]]
+        writes = [s for run in by_mode[mode] for s in run["write_seconds"]]
+        # steps slowed by the writer thread competing for the CPU show up as more training seconds
+        slowdowns = [
+            (run["train_seconds"] - baseline) / run["periodic_checkpoints"] for run in by_mode[mode] if run["periodic_checkpoints"]
+        ]
+        stall = _median(stalls) or 0.0
+        slowdown = max(0.0, _median(slowdowns) or 0.0)
+        write = _median(writes) or 0.0
+        summary[mode] = {
+            "stall_seconds_median": stall,
+            "stall_seconds_max": max(stalls) if stalls else None,
+            "write_seconds_median": write,
+            "step_slowdown_seconds_per_checkpoint_median": slowdown,
+            "cost_seconds_per_checkpoint": stall + slowdown,
+            "overhead_at_default_interval": (stall + slowdown) / interval if interval else None,
+            # the bound: the whole write taken from training (as if the writer had stolen every core meanwhile)
+            "overhead_bound_at_default_interval": (stall + write) / interval if interval else None,
+        }
+    bytes_serialised = [b for run in by_mode["async"] for b in run["bytes_serialised"]]
+    summary["bytes_serialised_per_checkpoint_max"] = max(bytes_serialised) if bytes_serialised else None
+    summary["newest_checkpoint_files_bytes"] = by_mode["async"][-1]["newest_checkpoint_files_bytes"]
+    summary["baseline_train_seconds_median"] = baseline
+    summary["seconds_per_step"] = baseline / max(1, args.async_steps)
+    summary["default_interval_seconds"] = interval
+    summary["work_lost_to_sigkill_at_most_seconds"] = interval + (summary["async"]["write_seconds_median"] or 0.0)
+    return summary
 
 
 # ------------------------------------------------------------------------------------ work lost
@@ -194,49 +298,67 @@ def main() -> None:
     parser.add_argument("--val-rows", type=int, default=32, help="first N rows of the shared test.csv as --val")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-seq-len", type=int, default=128)
+    parser.add_argument("--async-models", default="minilm,bert-base", help="comma list of minilm, bert-base; or none")
+    parser.add_argument("--async-steps", type=int, default=12, help="steps per run of the async comparison")
+    parser.add_argument("--async-every", type=int, default=4, help="a checkpoint every N steps in that comparison")
+    parser.add_argument("--async-rounds", type=int, default=2, help="rounds of (none, sync, async) runs")
+    parser.add_argument("--async-batch-size", type=int, default=8)
+    parser.add_argument("--async-max-seq-len", type=int, default=64)
+    parser.add_argument("--writes", action="store_true", help="also the older write-time measurement")
     parser.add_argument("--write-steps", type=int, default=6, help="steps, each followed by a checkpoint")
     parser.add_argument("--eval-at-step", type=int, default=2, help="first evaluation (then best model in checkpoints)")
     parser.add_argument("--interval-steps", type=int, default=0, help="also run N steps with a checkpoint every N (0: skip)")
+    parser.add_argument("--interruptions", action="store_true", help="also the SIGTERM/SIGKILL work-lost runs")
     parser.add_argument("--signal-steps", type=int, default=12, help="--max-steps of the interrupted runs")
     parser.add_argument("--sigterm-after", type=int, default=4)
     parser.add_argument("--sigkill-after", type=int, default=8)
     parser.add_argument("--sigkill-interval", type=int, default=5)
+    parser.add_argument("--output", default="checkpoint_async", help="results/NAME.json")
     args = parser.parse_args()
     if not (args.model / "config.json").exists() or not (DATA_DIR / "train.csv").exists():
         raise SystemExit(f"skipped: needs the shared model ({args.model}) and data ({DATA_DIR})")
 
+    async_results: dict[str, Any] = {}
+    writes = interval = interruptions = None
     with tempfile.TemporaryDirectory(prefix="bench_checkpoint_") as temporary:
         work = Path(temporary)
         train_csv = write_subset(DATA_DIR / "train.csv", work / "train.csv", args.rows)
         val_csv = write_subset(DATA_DIR / "test.csv", work / "val.csv", args.val_rows)
-        writes = measure_writes(args, work, train_csv, val_csv)
-        interval = measure_interval(args, work, train_csv, val_csv) if args.interval_steps else None
-        interruptions = measure_interruptions(args, work, train_csv, val_csv)
+        for name in [item for item in args.async_models.split(",") if item and item != "none"]:
+            model = MODEL_DIR if name == "minilm" else build_bert_base(work, num_labels=14)
+            async_results[name] = measure_async(args, model, work, train_csv, val_csv)
+        if args.writes:
+            writes = measure_writes(args, work, train_csv, val_csv)
+            interval = measure_interval(args, work, train_csv, val_csv) if args.interval_steps else None
+        if args.interruptions:
+            interruptions = measure_interruptions(args, work, train_csv, val_csv)
 
-    mib = writes["checkpoint_bytes"] / 2**20
-    print(f"\nCheckpoint of {args.model.name} (batch {args.batch_size}, max len {args.max_seq_len})")
-    print(f"  size {mib:.1f} MiB: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in writes["checkpoint_files_bytes"].items()))
-    print(f"  write seconds per checkpoint: {', '.join(f'{s:.2f}' for s in writes['checkpoint_seconds'])}")
-    print(f"  step time {writes['seconds_per_step']:.2f} s; overhead at the default 10-minute interval "
-          f"{writes['overhead_at_default_interval']:.3%}")
-    if interval:
-        print(f"  every {interval['checkpoint_every_steps']} steps, measured: overhead {interval['overhead']:.2%}")
-    print(f"{'interruption':<14}{'completed':>10}{'resumed at':>11}{'repeated':>9}{'exit s':>8}")
-    for name, case in interruptions.items():
-        exit_seconds = case["interrupted"]["seconds_from_signal_to_exit"]
-        print(f"{name:<14}{case['interrupted']['last_completed_step']:>10}{str(case['rerun']['resumed_from_step']):>11}"
-              f"{str(case['steps_repeated']):>9}{exit_seconds:>8.2f}")
-    print(f"  SIGKILL at the default 10-minute interval loses at most "
-          f"{writes['steps_lost_to_sigkill_at_default_interval_at_most']} steps (600 s / {writes['seconds_per_step']:.2f} s)")
+    for name, summary in async_results.items():
+        files = summary["newest_checkpoint_files_bytes"]
+        print(f"\n{name}: checkpoint {sum(files.values()) / 2**20:.1f} MiB on disk ("
+              + ", ".join(f"{k} {v / 2**20:.1f}" for k, v in files.items()) + f"), serialised at most "
+              f"{(summary['bytes_serialised_per_checkpoint_max'] or 0) / 2**20:.1f} MiB; step {summary['seconds_per_step']:.2f} s")
+        print(f"{'mode':<7}{'stall s':>9}{'write s':>9}{'slowdown s':>12}{'cost s':>8}{'overhead':>10}{'bound':>8}")
+        for mode in ("sync", "async"):
+            row = summary[mode]
+            print(f"{mode:<7}{row['stall_seconds_median']:>9.2f}{row['write_seconds_median']:>9.2f}"
+                  f"{row['step_slowdown_seconds_per_checkpoint_median']:>12.2f}{row['cost_seconds_per_checkpoint']:>8.2f}"
+                  f"{row['overhead_at_default_interval']:>10.3%}{row['overhead_bound_at_default_interval']:>8.2%}")
+        print(f"  at the default interval ({DEFAULT_INTERVAL_SECONDS:.0f} s) a SIGKILL loses at most "
+              f"{summary['work_lost_to_sigkill_at_most_seconds']:.0f} s of training")
+    if writes:
+        print(f"\nwrite seconds per checkpoint (MiniLM, every step): {', '.join(f'{s:.2f}' for s in writes['checkpoint_seconds'])}")
+    if interruptions:
+        print(f"{'interruption':<14}{'completed':>10}{'resumed at':>11}{'repeated':>9}{'exit s':>8}")
+        for name, case in interruptions.items():
+            exit_seconds = case["interrupted"]["seconds_from_signal_to_exit"]
+            print(f"{name:<14}{case['interrupted']['last_completed_step']:>10}{str(case['rerun']['resumed_from_step']):>11}"
+                  f"{str(case['steps_repeated']):>9}{exit_seconds:>8.2f}")
 
-    path = write_result("checkpoint", {
-        "settings": {
-            "model": str(args.model), "rows": args.rows, "val_rows": args.val_rows, "batch_size": args.batch_size,
-            "max_seq_len": args.max_seq_len, "write_steps": args.write_steps, "eval_at_step": args.eval_at_step,
-            "signal_steps": args.signal_steps, "sigterm_after": args.sigterm_after, "sigkill_after": args.sigkill_after,
-            "sigkill_checkpoint_every_steps": args.sigkill_interval,
-        },
+    path = write_result(args.output, {
+        "settings": {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()},
         "note": "2 CPU cores shared with other developers' test runs: times vary with their load.",
+        "async": async_results,
         "writes": writes,
         "interval": interval,
         "interruptions": interruptions,

@@ -44,7 +44,7 @@ def _torchrun(nproc: int, args: list[str]) -> list[str]:
 
 def _environment(**variables: str) -> dict[str, str]:
     environment = {key: value for key, value in os.environ.items() if not key.startswith("BERT_CLASSIFY_")}
-    environment.update(OMP_NUM_THREADS="1", **variables)
+    environment.update(OMP_NUM_THREADS="1", BERT_CLASSIFY_TEST_FAULTS="1", **variables)  # test-only fault hooks on
     return environment
 
 

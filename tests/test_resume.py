@@ -3,6 +3,7 @@ with the same command end with weights bitwise-identical to a run never interrup
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -44,8 +45,20 @@ def _command(data: Path, model: Path, run_dir: Path, *extra: str) -> list[str]:
 
 def _environment(**variables: str) -> dict[str, str]:
     environment = {key: value for key, value in os.environ.items() if not key.startswith("BERT_CLASSIFY_")}
-    environment.update(variables)
+    environment.update(BERT_CLASSIFY_TEST_FAULTS="1", **variables)  # the test-only fault hooks are switched on
     return environment
+
+
+def checkpoint_events(output: str, event: str) -> list[dict]:
+    """The `checkpoint: {json}` lines of one kind ("resumed", "written") in a run's output."""
+    prefix = "checkpoint: "
+    records = [json.loads(line[len(prefix) :]) for line in output.splitlines() if line.startswith(prefix)]
+    return [record for record in records if record["event"] == event]
+
+
+def resumed_step(output: str) -> int | None:
+    resumed = checkpoint_events(output, "resumed")
+    return resumed[0]["step"] if resumed else None
 
 
 def _run(command: list[str], **variables: str) -> subprocess.CompletedProcess[str]:
@@ -96,8 +109,8 @@ def test_sigterm_mid_epoch_then_resume_is_bitwise_identical(
     assert "checkpoint written (signal)" in output and "run the same command again to resume" in output
     completed = _run(command)
     assert completed.returncode == 0, completed.stderr
-    resumed = [line for line in completed.stdout.splitlines() if line.startswith("resumed from checkpoint at step")]
-    assert resumed and 3 <= int(resumed[0].split()[5]) < STEPS_PER_EPOCH  # lost at most the step in flight
+    step = resumed_step(completed.stdout)
+    assert step is not None and 3 <= step < STEPS_PER_EPOCH  # lost at most the step in flight
     _assert_identical(reference, _weights(tmp_path))
 
 
@@ -122,8 +135,8 @@ def test_sigkill_between_checkpoints_loses_at_most_the_interval(
     assert status == -signal.SIGKILL
     completed = _run(command)
     assert completed.returncode == 0, completed.stderr
-    line = next(line for line in completed.stdout.splitlines() if line.startswith("resumed from checkpoint"))
-    assert int(line.split()[5]) >= 5  # the checkpoint every 5 steps: at most 5 steps repeated
+    step = resumed_step(completed.stdout)
+    assert step is not None and step >= 5  # the checkpoint every 5 steps: at most 5 steps repeated
     _assert_identical(reference, _weights(tmp_path))
 
 
@@ -134,16 +147,32 @@ def test_sigkill_at_random_moments_including_during_checkpoint_writes(
     command = _command(resume_data, tiny_model_dir, tmp_path)
     command[command.index("--checkpoint-every-steps") + 1] = "1"
     generator = random.Random(1234)
+    checkpoints = tmp_path / "checkpoints"
+    newest_after_each_kill = []
     for _ in range(4):
         process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             env=_environment(BERT_CLASSIFY_MICRO_STEP_DELAY_S="0.02"),
         )
-        time.sleep(generator.uniform(4.0, 7.0))  # start-up takes a few seconds; then steps and writes
+        assert process.stdout is not None
+        # start-up takes from seconds to a minute on a busy machine: kill only once this run has
+        # written 1 to 3 checkpoints, then at a random moment (inside a step or inside the next write)
+        wanted, seen = generator.randint(1, 3), 0
+        for line in process.stdout:
+            seen += bool(checkpoint_events(line, "written"))
+            if seen == wanted:
+                break
+        time.sleep(generator.uniform(0.0, 0.4))
         process.kill()
         process.wait(timeout=60)
+        steps = [int(path.name.removeprefix("step-")) for path in checkpoints.glob("step-*")]
+        newest_after_each_kill.append(max(steps, default=0))
+    # every kill landed after that run's own checkpoints, so each run moved the newest checkpoint on
+    assert all(b > a for a, b in zip([0, *newest_after_each_kill], newest_after_each_kill)), newest_after_each_kill
+    written = sorted(int(path.name.removeprefix("step-")) for path in checkpoints.glob("step-*"))
     completed = _run(command)
     assert completed.returncode == 0, completed.stderr
+    assert resumed_step(completed.stdout) == written[-1]
     _assert_identical(reference, _weights(tmp_path))
 
 
@@ -173,7 +202,8 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(
     model_file.write_bytes(model_file.read_bytes()[:100])  # truncated
     completed = _run(command)
     assert "step-00000011 is incomplete or corrupt (model.safetensors has 100 bytes" in completed.stdout
-    assert "resumed from checkpoint at step 10" in completed.stdout
+    assert resumed_step(completed.stdout) == 10
+    assert [path.name.rsplit("-", 1)[0] for path in (tmp_path / "checkpoints" / "corrupt").iterdir()] == ["step-00000011"]
     _assert_identical(reference, _weights(tmp_path))
 
 

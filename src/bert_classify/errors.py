@@ -20,3 +20,7 @@ class ConfigError(BertClassifyError):
 
 class CheckpointError(BertClassifyError):
     """A checkpoint that cannot be resumed from (changed configuration, corrupt files)."""
+
+
+class TrainingError(BertClassifyError):
+    """Training cannot go on (a non-finite loss, a full disk): the message says what is kept and what to change."""

@@ -5,11 +5,8 @@
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import math
-import random
 import sys
 import time
 from collections.abc import Callable
@@ -25,9 +22,9 @@ import torch.nn.functional as F
 from bert_classify import modeling
 from bert_classify.config import TrainConfig, auto_learning_rate, check_output_locations
 from bert_classify.data.collate import pad_batch
-from bert_classify.errors import CheckpointError, ConfigError
-from bert_classify.training import checkpoint as ckpt
+from bert_classify.errors import ConfigError, TrainingError
 from bert_classify.training.batching import plan_epoch, rank_micro_batches, steps_per_epoch
+from bert_classify.training.checkpoint import Checkpointer, data_digest, make_fingerprint, require_finite
 from bert_classify.training.distributed import (
     DistributedContext,
     all_reduce_max,
@@ -36,29 +33,9 @@ from bert_classify.training.distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from bert_classify.training.faults import FaultPlan
+from bert_classify.training.faults import FaultPlan, faults_for_tests
 from bert_classify.training.signals import GracefulStop
 
-# Fingerprint fields that change tensor shapes or the meaning of saved state: never resumable across.
-UNSAFE_TO_FORCE = ("model", "class_names", "freeze_encoder")
-# Fields whose change alters the trajectory; a resume across them needs --force-resume.
-FINGERPRINT_FIELDS = (
-    "learning_rate",
-    "weight_decay",
-    "warmup_ratio",
-    "max_grad_norm",
-    "epochs",
-    "max_steps",
-    "effective_batch_size",
-    "seed",
-    "max_seq_len",
-    "precision",
-    "group_by_length",
-    "best_metric",
-    "early_stopping_patience",
-    "eval_every_steps",
-    "val_fraction",
-)
 TOKENIZE_CHUNK = 4096
 
 
@@ -92,7 +69,9 @@ class TrainResult:
     train_seconds: float = 0.0
     padded_tokens_this_run: int = 0
     real_tokens_this_run: int = 0
-    checkpoint_seconds: list[float] = field(default_factory=list)
+    checkpoint_seconds: list[float] = field(default_factory=list)  # time each checkpoint blocked training
+    checkpoint_write_seconds: list[float] = field(default_factory=list)  # time each write took (in the background)
+    checkpoint_bytes: list[int] = field(default_factory=list)  # bytes serialised per checkpoint (linked files excluded)
 
     @property
     def examples_per_second(self) -> float:
@@ -102,17 +81,20 @@ class TrainResult:
 def train(config: TrainConfig, *, faults: FaultPlan | None = None) -> TrainResult:
     """Fine-tune `config.model` on `config.train`; see `Trainer` for the features and errors.
 
-    `faults` injects a SIGTERM or an error at a given step (tests, the quickstart's demo); by default
-    it is read from BERT_CLASSIFY_* variables, which are unset in normal use.
+    `faults` injects a SIGTERM or an error at a given step (tests, the quickstart's demo). Without it,
+    none are injected unless the test-only switch BERT_CLASSIFY_TEST_FAULTS=1 is set (training/faults.py).
     """
     config.validate()
     check_output_locations(config)
     context = init_distributed()
+    trainer = None
     try:
         trainer = Trainer(config, context, faults=faults)
         trainer.setup()
         return trainer.run()
     finally:
+        if trainer is not None:
+            trainer.close()
         shutdown_distributed()
 
 
@@ -131,7 +113,9 @@ class Trainer:
 
     Errors (all BertClassifyError, raised before training starts): ConfigError for invalid options
     or a --max-seq-len beyond the model's position limit; DataError for bad data (file and line);
-    CheckpointError when the newest checkpoint was written with a different configuration or data.
+    CheckpointError when the newest checkpoint was written with a different configuration or data,
+    when another run holds the checkpoint directory, or when a checkpoint cannot be written (disk full);
+    TrainingError when the loss, the gradients or the weights become non-finite (nothing more is written).
     """
 
     def __init__(self, config: TrainConfig, context: DistributedContext, faults: FaultPlan | None = None) -> None:
@@ -140,10 +124,13 @@ class Trainer:
         self.state = TrainingState()
         self.resumed_from_step: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
-        # The newest checkpoint file holding exactly best_state: later checkpoints link it.
-        self.best_state_file: Path | None = None
-        self.last_checkpoint_step: int | None = None
-        self.faults = faults if faults is not None else FaultPlan.from_environment()
+        self.faults = faults if faults is not None else faults_for_tests() or FaultPlan()
+        self.checkpointer: Checkpointer | None = None
+
+    def close(self) -> None:
+        """Finish a checkpoint write in flight and release the checkpoint directory's lock."""
+        if self.checkpointer is not None:
+            self.checkpointer.close()
 
     # ----------------------------------------------------------------------------------- logging
     def log(self, message: str) -> None:
@@ -274,130 +261,44 @@ class Trainer:
             (lambda: torch.autocast(device_type=device.type, dtype=dtype)) if dtype is not None else nullcontext
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.step_loss = torch.zeros((), dtype=torch.float64, device=device)  # this rank's summed loss of the step
 
     def _setup_checkpointing(self) -> None:
         config = self.config
-        self.checkpoint_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
-        self.fingerprint = self._fingerprint()
-        if self.checkpoint_dir is not None:
-            found = ckpt.find_latest_checkpoint(self.checkpoint_dir, log=self.log)
-            if found is not None:
-                self._resume(found)
-            elif any(self.checkpoint_dir.glob(f"{ckpt.CHECKPOINT_PREFIX}*")):
-                self.log(f"no usable checkpoint in {self.checkpoint_dir}: starting from the beginning")
-        barrier(self.context)
-
-    # ----------------------------------------------------------------------------- fingerprints
-    def _fingerprint(self) -> dict[str, Any]:
-        config = self.config
-        values = {name: getattr(config, name) for name in FINGERPRINT_FIELDS if hasattr(config, name)}
-        values["learning_rate"] = self.learning_rate
-        values["effective_batch_size"] = self.effective_batch_size
-        values["model"] = config.model
-        values["class_names"] = self.class_names
-        values["freeze_encoder"] = config.freeze_encoder
-        values["train_data"] = _data_digest(self.train_data.texts, self.train_data.labels)
-        values["val_data"] = _data_digest(self.val_data.texts, self.val_data.labels)
-        values.update(class_weights_fingerprint(config))
-        return values
-
-    def _check_fingerprint(self, saved: dict[str, Any], path: Path) -> None:
-        differences = []
-        for name in sorted(set(saved) | set(self.fingerprint)):
-            before, now = saved.get(name), self.fingerprint.get(name)
-            if before != now:
-                if name.endswith("_data"):
-                    label = f"{name.replace('_', ' ')} contents (sha256 {str(before)[:12]}… → {str(now)[:12]}…)"
-                else:
-                    label = f"{name} {before!r} → {now!r}"
-                differences.append((name, label))
-        if not differences:
-            return
-        listed = "; ".join(label for _, label in differences)
-        unsafe = [name for name, _ in differences if name in UNSAFE_TO_FORCE]
-        if unsafe:
-            raise CheckpointError(
-                f"the checkpoint {path} was written for a different {', '.join(unsafe)} ({listed}); it cannot be "
-                "resumed with these options. Use the original options, or point --checkpoint-dir at an empty "
-                "directory to start a new run."
-            )
-        if not self.config.force_resume:
-            raise CheckpointError(
-                f"the checkpoint {path} was written with a different configuration or data: {listed}. Re-run with "
-                "the original options, point --checkpoint-dir at an empty directory to start fresh, or pass "
-                "--force-resume to continue from it with the new settings."
-            )
-        self.log(f"warning: --force-resume: continuing from {path} despite: {listed}")
-
-    # -------------------------------------------------------------------------------- checkpoints
-    def _resume(self, found: ckpt.FoundCheckpoint) -> None:
-        path = found.path
-        saved = ckpt.read_json(path / ckpt.STATE_FILE)
-        self._check_fingerprint(saved["fingerprint"], path)
-        device = self.context.device
-        self.model.load_state_dict(ckpt.read_tensors(path / ckpt.MODEL_FILE))
-        self.optimizer.load_state_dict(ckpt.read_state_dict(path / ckpt.OPTIMIZER_FILE, device))
-        training_state = ckpt.read_state_dict(path / ckpt.TRAINING_STATE_FILE)
-        self.scheduler.load_state_dict(training_state["scheduler"])
-        if training_state["scaler"]:
-            self.scaler.load_state_dict(training_state["scaler"])
-        if (path / ckpt.BEST_MODEL_FILE).exists():
-            self.best_state = ckpt.read_tensors(path / ckpt.BEST_MODEL_FILE)
-            self.best_state_file = path / ckpt.BEST_MODEL_FILE
-        _restore_rng(saved["rng"], training_state)
-        self.state = TrainingState(**saved["progress"])
-        self.last_checkpoint_step = self.state.global_step
-        self.resumed_from_step = self.state.global_step
-        self.log(
-            f"resumed from checkpoint at step {self.state.global_step} "
-            f"(epoch {self.state.epoch + 1}, batch {self.state.step_in_epoch}) from {path}"
+        fingerprint = make_fingerprint(
+            config,
+            learning_rate=self.learning_rate,
+            effective_batch_size=self.effective_batch_size,
+            class_names=self.class_names,
+            train_data=data_digest(self.train_data.texts, self.train_data.labels),
+            val_data=data_digest(self.val_data.texts, self.val_data.labels),
+            **class_weights_fingerprint(config),
         )
-
-    def _save_checkpoint(self, reason: str) -> float:
-        """Rank 0 writes; every rank waits at the barrier. Returns seconds spent."""
-        if self.checkpoint_dir is None:
-            return 0.0
-        started = time.perf_counter()
-        if self.context.is_main:
-            training_state = {
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            }
-            numpy_state = np.random.get_state()
-            metadata = {
-                "progress": dataclasses.asdict(self.state),
-                "fingerprint": self.fingerprint,
-                "config": self.config.to_dict(),
-                "world_size": self.context.world_size,
-                "reason": reason,
-                "rng": {
-                    "python": _jsonable(random.getstate()),
-                    "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
-                },
-            }
-            files = {
-                ckpt.MODEL_FILE: ckpt.tensors_to_bytes(self.model.state_dict()),
-                ckpt.OPTIMIZER_FILE: ckpt.state_dict_to_bytes(self.optimizer.state_dict()),
-                ckpt.TRAINING_STATE_FILE: ckpt.state_dict_to_bytes(training_state),
-                ckpt.STATE_FILE: json.dumps(metadata, indent=1, default=float).encode("utf-8"),
-            }
-            if self.best_state is not None:
-                best_state = self.best_state
-                files[ckpt.BEST_MODEL_FILE] = (
-                    ckpt.Reuse(self.best_state_file, fallback=lambda: ckpt.tensors_to_bytes(best_state))
-                    if self.best_state_file is not None
-                    else ckpt.tensors_to_bytes(best_state)
-                )
-            path = ckpt.write_checkpoint(self.checkpoint_dir, self.state.global_step, files, self.config.keep_checkpoints)
-            if self.best_state is not None:
-                self.best_state_file = path / ckpt.BEST_MODEL_FILE
-            self.log(f"checkpoint written ({reason}) at step {self.state.global_step}: {path}")
+        self.checkpointer = Checkpointer(
+            Path(config.checkpoint_dir) if config.checkpoint_dir else None,
+            keep=config.keep_checkpoints,
+            fingerprint=fingerprint,
+            config_values=config.to_dict(),
+            force_resume=config.force_resume,
+            context=self.context,
+            log=self.log,
+            after_file=self.faults.during_checkpoint_write,
+        )
+        self.checkpointer.open()
+        restored = self.checkpointer.resume(self.model, self.optimizer, self.scheduler, self.scaler)
+        if restored is not None:
+            self.state = TrainingState(**restored.progress)
+            self.best_state = restored.best_state
+            self.resumed_from_step = restored.step
         barrier(self.context)
-        self.last_checkpoint_time = time.monotonic()
-        self.last_checkpoint_step = self.state.global_step
-        return time.perf_counter() - started
+
+    def _save_checkpoint(self, reason: str, *, wait: bool) -> float:
+        """Hand the state after this step to the checkpointer; returns the seconds training was blocked."""
+        assert self.checkpointer is not None
+        return self.checkpointer.save(
+            step=self.state.global_step, reason=reason, model=self.model, optimizer=self.optimizer,
+            scheduler=self.scheduler, scaler=self.scaler, progress=self.state, best_state=self.best_state, wait=wait,
+        )
 
     # ---------------------------------------------------------------------------------- batches
     def _collate(self, ids: list[np.ndarray], labels: np.ndarray, indices: np.ndarray) -> tuple[torch.Tensor, ...]:
@@ -442,6 +343,12 @@ class Trainer:
     def _evaluate_and_select(self) -> None:
         metrics = self.evaluate()
         state = self.state
+        if not math.isfinite(metrics["loss"]):
+            raise TrainingError(
+                f"the validation loss became non-finite ({metrics['loss']}) at step {state.global_step}: the weights "
+                "have diverged; nothing more is written. Lower --learning-rate, check --max-grad-norm and "
+                "--weight-decay, or use --precision fp32."
+            )
         state.last_eval_step = state.global_step
         epoch_label = state.epoch + (0 if state.step_in_epoch == 0 else 1)
         for name in ("loss", "accuracy", "macro_f1"):
@@ -458,7 +365,6 @@ class Trainer:
             state.evaluations_without_improvement = 0
             if self.context.is_main:
                 self.best_state = {name: t.detach().to("cpu", copy=True) for name, t in self.model.state_dict().items()}
-                self.best_state_file = None  # new best weights: the next checkpoint writes them
         else:
             state.evaluations_without_improvement += 1
             patience = self.config.early_stopping_patience
@@ -489,7 +395,8 @@ class Trainer:
             f"effective batch {self.effective_batch_size}; {self.steps_per_epoch} steps per epoch, "
             f"{self.total_steps} steps in all, learning rate {self.learning_rate:.2e}, warm-up {self.warmup_steps} steps"
         )
-        self.last_checkpoint_time = time.monotonic()
+        checkpointer = self.checkpointer
+        assert checkpointer is not None
         self.model.train()  # from_pretrained returns a model in eval mode (dropout off)
         progress = _Progress(self, enabled=context.is_main)
         interval_loss = torch.zeros(2, dtype=torch.float64, device=context.device)  # loss sum, examples
@@ -501,9 +408,11 @@ class Trainer:
                     self.faults.before_step(state.global_step, context.rank)
                     started = time.perf_counter()
                     self._reseed(state.global_step)
+                    self.step_loss.zero_()
                     self.accumulate_gradients(step, interval_loss, result)
                     self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(self.trainable, config.max_grad_norm)
+                    gradient_norm = torch.nn.utils.clip_grad_norm_(self.trainable, config.max_grad_norm)
+                    self._stop_if_not_finite(gradient_norm)  # before the update: the weights stay good
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
                     self.optimizer.zero_grad(set_to_none=True)
@@ -524,15 +433,19 @@ class Trainer:
                             self._evaluate_and_select()
                         state.epoch += 1
                         state.step_in_epoch = 0
-                    stop_now, time_due = self._agree(stop.requested is not None, self._checkpoint_time_due())
+                    checkpointer.poll()  # logs a finished background write; raises if it failed
+                    time_due = checkpointer.due_by_time(config.checkpoint_every_minutes)
+                    stop_now, time_due = self._agree(stop.requested is not None, time_due)
                     steps_due = bool(config.checkpoint_every_steps) and state.global_step % config.checkpoint_every_steps == 0
                     if stop_now or time_due or steps_due or epoch_done or state.early_stopped:
                         reason = "signal" if stop_now else "epoch end" if epoch_done else "interval"
-                        result.checkpoint_seconds.append(self._save_checkpoint(reason))
+                        # the signal checkpoint is written in full before the process goes on to exit
+                        result.checkpoint_seconds.append(self._save_checkpoint(reason, wait=stop_now))
                     if stop_now:
                         progress.close()
                         signum = stop.requested or 15
-                        if self.checkpoint_dir is None:
+                        self._collect_checkpoint_records(result)
+                        if not checkpointer.enabled:
                             self.log("stopping: no --checkpoint-dir was given, so this run's progress is not saved")
                         else:
                             self.log(
@@ -547,14 +460,57 @@ class Trainer:
         progress.close()
         if state.last_eval_step != state.global_step or state.best_metrics is None:
             self._evaluate_and_select()
-        if self.checkpoint_dir is not None and self.last_checkpoint_step != state.global_step:
-            result.checkpoint_seconds.append(self._save_checkpoint("final"))
+        if checkpointer.enabled:  # the final checkpoint (unless this step's is written), joined on every rank
+            result.checkpoint_seconds.append(self._save_checkpoint("final", wait=True))
+        self._collect_checkpoint_records(result)
         result.global_step = state.global_step
         result.early_stopped = state.early_stopped
         result.best_step = state.best_step
         result.metrics = state.best_metrics
-        result.output_dir = self._write_output()
+        if self.context.is_main:
+            require_finite(self.best_state or self.model.state_dict(), "the final model")
+        try:
+            result.output_dir = self._write_output()
+        except OSError as error:
+            kept = (
+                "the checkpoints are kept: free space and run the same command again (it resumes and only writes the model)"
+                if checkpointer.enabled
+                else "no --checkpoint-dir was given, so this run's training is lost"
+            )
+            raise TrainingError(
+                f"could not write the model to --output-dir {config.output_dir} ({error.strerror or error}); {kept}."
+            ) from None
         return result
+
+    def _collect_checkpoint_records(self, result: TrainResult) -> None:
+        assert self.checkpointer is not None
+        result.checkpoint_write_seconds = [record.write_seconds for record in self.checkpointer.records]
+        result.checkpoint_bytes = [record.bytes_written for record in self.checkpointer.records]
+
+    def _stop_if_not_finite(self, gradient_norm: torch.Tensor) -> None:
+        """Stop (TrainingError, on every rank alike) before an update from a non-finite loss or gradient.
+
+        With fp16 an infinite gradient is expected now and then (the gradient scaler skips that step),
+        so only the loss counts there.
+        """
+        bad = ~torch.isfinite(self.step_loss)
+        if not self.scaler.is_enabled():
+            bad = bad | ~torch.isfinite(gradient_norm.detach().to(bad.device))
+        flag = bad.to(torch.float32).reshape(1)
+        all_reduce_max(self.context, flag)
+        if flag.item() > 0:
+            step = self.state.global_step + 1
+            checkpoint = (
+                f"the last good checkpoint (step {self.checkpointer.last_step}) is kept"
+                if self.checkpointer is not None and self.checkpointer.last_step is not None
+                else "no checkpoint was written after it"
+            )
+            raise TrainingError(
+                f"the training loss became non-finite (loss {float(self.step_loss):.4g}, gradient norm "
+                f"{float(gradient_norm):.4g}) at step {step}; stopped before updating the weights, {checkpoint} and "
+                "--output-dir is not written. Lower --learning-rate, check --max-grad-norm and --weight-decay, "
+                "or use --precision fp32."
+            )
 
     def accumulate_gradients(self, step: np.ndarray, interval_loss: torch.Tensor, result: TrainResult) -> None:
         """Run this rank's micro-batches of one optimizer step, leaving the step's gradient in .grad.
@@ -577,20 +533,13 @@ class Trainer:
                     loss_sum = loss_sum * 0.0  # keeps every rank in the same collectives
                 self.scaler.scale(loss_sum * (world / len(step))).backward()
             if not empty:
+                self.step_loss += loss_sum.detach().double()
                 interval_loss[0] += loss_sum.detach().double()
                 interval_loss[1] += len(indices)
                 result.examples_this_run += len(indices)
                 result.real_tokens_this_run += int(batch[1].sum())
                 result.padded_tokens_this_run += int(batch[1].numel())
             self.faults.after_micro_step()
-
-    def _checkpoint_time_due(self) -> bool:
-        minutes = self.config.checkpoint_every_minutes
-        return (
-            self.checkpoint_dir is not None
-            and minutes is not None
-            and time.monotonic() - self.last_checkpoint_time >= minutes * 60
-        )
 
     def _agree(self, stop: bool, time_due: bool) -> tuple[bool, bool]:
         """Every rank takes the same decision (rank 0's clock; any rank's signal)."""
@@ -722,27 +671,3 @@ def _duration(seconds: float) -> str:
 def class_weights_fingerprint(config: TrainConfig) -> dict[str, Any]:
     """The class-weight mode for the resume fingerprint; absent at its default, so older checkpoints still match."""
     return {"class_weights": config.class_weights} if config.class_weights != "none" else {}
-
-
-def _data_digest(texts: list[str], labels: list[int]) -> str:
-    digest = hashlib.sha256()
-    for text, label in zip(texts, labels):
-        digest.update(f"{label}\t{len(text)}\t".encode())
-        digest.update(text.encode("utf-8", "surrogatepass"))
-    return digest.hexdigest()
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return [_jsonable(item) for item in value]
-    return value
-
-
-def _restore_rng(saved: dict[str, Any], training_state: dict[str, Any]) -> None:
-    python_state = saved["python"]
-    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
-    numpy_state = saved["numpy"]
-    np.random.set_state((numpy_state[0], np.asarray(numpy_state[1], dtype=np.uint32), *numpy_state[2:]))
-    torch.set_rng_state(training_state["torch_rng"])
-    if torch.cuda.is_available() and training_state.get("cuda_rng"):
-        torch.cuda.set_rng_state_all(training_state["cuda_rng"])

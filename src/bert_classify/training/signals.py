@@ -1,7 +1,8 @@
 """Turn SIGTERM/SIGINT into a request to stop after the current optimizer step.
 
 The loop polls `requested`; the handler only sets a flag, so a second signal during the checkpoint
-write cannot interrupt it (the write is atomic anyway) and is merely logged.
+write cannot interrupt it (the write is atomic anyway) and is merely logged. The signal checkpoint is
+joined before the process exits; torchrun's SIGKILL 30 s later only matters if the write takes longer.
 """
 
 from __future__ import annotations
@@ -20,9 +21,6 @@ class GracefulStop:
     def __init__(self) -> None:
         self.requested: int | None = None
         self._previous: dict[int, object] = {}
-
-    def request(self, signum: int) -> None:
-        self.requested = signum
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested is None:
