@@ -18,8 +18,9 @@ import json
 import os
 import socket
 import struct
+import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,8 @@ class TrainingCurves:
             return
         if history_path is not None:
             self.records = [record for record in read_history(history_path) if record["step"] <= start_step]
-            _write_history(history_path, self.records)  # drop what a killed run logged past its checkpoint
+            # drop what a killed run logged past its checkpoint
+            self._keep_history(lambda: _write_history(history_path, self.records))
         if tensorboard_dir is not None:
             # On a resume the kept history is replayed into a new file, so this run's earlier files go.
             try:
@@ -75,11 +77,32 @@ class TrainingCurves:
         record = {"step": int(step), "time": time.time(), "scalars": {tag: float(v) for tag, v in scalars.items()}}
         self.records.append(record)
         if self.history_path is not None:
-            self.history_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.history_path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record, allow_nan=True) + "\n")
+            self._keep_history(lambda: self._append(record))
         if self.tensorboard is not None:
             self.tensorboard.scalars(record["step"], record["scalars"], record["time"])
+
+    def _append(self, record: dict[str, Any]) -> None:
+        assert self.history_path is not None
+        self.history_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.history_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, allow_nan=True) + "\n")
+
+    def _keep_history(self, write: Callable[[], None]) -> None:
+        """Run a history write; if the disk refuses it (full, read-only), say so once and stop keeping history.
+
+        The history only feeds the curves: losing points of it is not worth stopping training for, and
+        the checkpoint writes that follow report a full disk themselves.
+        """
+        try:
+            write()
+        except OSError as error:
+            print(
+                f"warning: cannot write the training history {self.history_path} ({error.strerror or error}); "
+                "training goes on, but the curves will miss points from here on",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.history_path = None
 
     def series(self) -> dict[str, list[tuple[int, float]]]:
         """tag -> [(step, value), ...] in logging order."""
