@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from bert_classify import modeling
-from bert_classify.config import TrainConfig, auto_learning_rate, check_output_locations
+from bert_classify.config import TRAINING_CONFIG_FILE, TrainConfig, auto_learning_rate, check_output_locations
 from bert_classify.data.collate import pad_batch
 from bert_classify.errors import ConfigError, TrainingError
 from bert_classify.training.batching import plan_epoch, rank_micro_batches, steps_per_epoch
@@ -559,8 +560,14 @@ class Trainer:
             resolved = {**self.config.to_dict(), "learning_rate": self.learning_rate, "precision": self.precision,
                         "world_size": self.context.world_size, "effective_batch_size": self.effective_batch_size,
                         "class_names": self.class_names}
-            # Written first: a re-run after a kill mid-write recognises the half-written model as its own.
-            (output_dir / "training_config.json").write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
+            # Written first, and whole or not at all (temporary file, rename): a re-run after a kill or a full
+            # disk mid-write recognises the half-written model as its own.
+            temporary = output_dir / f".{TRAINING_CONFIG_FILE}.tmp"
+            try:
+                temporary.write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
+                os.replace(temporary, output_dir / TRAINING_CONFIG_FILE)
+            finally:
+                temporary.unlink(missing_ok=True)
             if self.best_state is not None:
                 self.model.load_state_dict(self.best_state)
             self.model.save_pretrained(output_dir, safe_serialization=True)
