@@ -215,6 +215,66 @@ def measure_async(args: argparse.Namespace, model: Path, work: Path, train_csv: 
     return summary
 
 
+# ------------------------------------------------------------------------------------ direct (no loop)
+def measure_direct(args: argparse.Namespace, model_dir: Path, work: Path) -> dict[str, Any]:
+    """Checkpointer.save() alone on a model with AdamW state after one step: stall and write, sync vs async.
+
+    Faster than the in-loop runs (no training steps between saves), so it fits a BERT-base-size model
+    on a slow machine. A synchronous save is also exactly what a signal checkpoint costs.
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from bert_classify.training import checkpoint
+    from bert_classify.training.distributed import DistributedContext
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=14)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5)
+    input_ids = torch.randint(1000, 2000, (4, 32))
+    model(input_ids=input_ids, labels=torch.zeros(4, dtype=torch.long)).loss.backward()
+    optimizer.step()  # AdamW's two moments now exist: a checkpoint of a model in training
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    context = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), backend=None)
+    best = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    results: dict[str, Any] = {"model": str(model_dir), "parameters": sum(p.numel() for p in model.parameters())}
+    for mode in ("sync", "async"):
+        checkpoint.WRITE_IN_BACKGROUND = mode == "async"
+        directory = work / f"direct-{model_dir.name}-{mode}"
+        checkpointer = checkpoint.Checkpointer(
+            directory, keep=2, fingerprint={}, config_values={}, force_resume=False, context=context, log=lambda line: None,
+        )
+        checkpointer.open()
+        stalls = []
+        for step in range(1, args.direct_saves + 1):
+            progress = {"global_step": step, "best_step": 1}  # best weights unchanged after the first: linked
+            print(f"[direct] {model_dir.name} {mode} save {step}", flush=True)
+            stalls.append(checkpointer.save(
+                step=step, reason="interval", model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                progress=progress, best_state=best, wait=False,
+            ))
+            checkpointer.wait()  # the next save would wait anyway; here each is timed alone
+        signal_started = time.perf_counter()
+        checkpointer.save(
+            step=args.direct_saves + 1, reason="signal", model=model, optimizer=optimizer, scheduler=scheduler,
+            scaler=scaler, progress={"global_step": args.direct_saves + 1, "best_step": 1}, best_state=best, wait=True,
+        )
+        signal_seconds = time.perf_counter() - signal_started
+        checkpointer.close()
+        newest = sorted(directory.glob("step-*"))[-1]
+        records = checkpointer.records
+        results[mode] = {
+            "stall_seconds": stalls,
+            "write_seconds": [record.write_seconds for record in records[: args.direct_saves]],
+            "bytes_serialised": [record.bytes_written for record in records[: args.direct_saves]],
+            "signal_checkpoint_seconds": signal_seconds,
+            "newest_checkpoint_files_bytes": directory_size(newest),
+        }
+        shutil.rmtree(directory, ignore_errors=True)
+    return results
+
+
 # ------------------------------------------------------------------------------------ work lost
 def _command(args: argparse.Namespace, train_csv: Path, val_csv: Path, work: Path, name: str, extra: list[str]) -> list[str]:
     return [
@@ -299,6 +359,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-seq-len", type=int, default=128)
     parser.add_argument("--async-models", default="minilm,bert-base", help="comma list of minilm, bert-base; or none")
+    parser.add_argument("--direct-models", default="minilm,bert-base", help="Checkpointer.save() alone: minilm, bert-base; or none")
+    parser.add_argument("--direct-saves", type=int, default=3, help="saves per mode in the direct measurement")
     parser.add_argument("--async-steps", type=int, default=12, help="steps per run of the async comparison")
     parser.add_argument("--async-every", type=int, default=4, help="a checkpoint every N steps in that comparison")
     parser.add_argument("--async-rounds", type=int, default=2, help="rounds of (none, sync, async) runs")
@@ -319,11 +381,15 @@ def main() -> None:
         raise SystemExit(f"skipped: needs the shared model ({args.model}) and data ({DATA_DIR})")
 
     async_results: dict[str, Any] = {}
+    direct_results: dict[str, Any] = {}
     writes = interval = interruptions = None
     with tempfile.TemporaryDirectory(prefix="bench_checkpoint_") as temporary:
         work = Path(temporary)
         train_csv = write_subset(DATA_DIR / "train.csv", work / "train.csv", args.rows)
         val_csv = write_subset(DATA_DIR / "test.csv", work / "val.csv", args.val_rows)
+        for name in [item for item in args.direct_models.split(",") if item and item != "none"]:
+            model = MODEL_DIR if name == "minilm" else build_bert_base(work, num_labels=14)
+            direct_results[name] = measure_direct(args, model, work)
         for name in [item for item in args.async_models.split(",") if item and item != "none"]:
             model = MODEL_DIR if name == "minilm" else build_bert_base(work, num_labels=14)
             async_results[name] = measure_async(args, model, work, train_csv, val_csv)
@@ -333,6 +399,20 @@ def main() -> None:
         if args.interruptions:
             interruptions = measure_interruptions(args, work, train_csv, val_csv)
 
+    for name, summary in direct_results.items():
+        print(f"\n{name} ({summary['parameters'] / 1e6:.1f}M parameters), Checkpointer.save() alone:")
+        print(f"{'mode':<7}{'stall s (each)':>26}{'write s (each)':>26}{'signal ckpt s':>15}{'MiB written':>12}")
+        for mode in ("sync", "async"):
+            row = summary[mode]
+            print(f"{mode:<7}{', '.join(f'{v:.2f}' for v in row['stall_seconds']):>26}"
+                  f"{', '.join(f'{v:.2f}' for v in row['write_seconds']):>26}{row['signal_checkpoint_seconds']:>15.2f}"
+                  f"{max(row['bytes_serialised']) / 2**20:>12.1f}")
+        stall = _median(summary["async"]["stall_seconds"]) or 0.0
+        write = _median(summary["async"]["write_seconds"]) or 0.0
+        summary["overhead_at_default_interval"] = stall / DEFAULT_INTERVAL_SECONDS
+        summary["overhead_bound_at_default_interval"] = (stall + write) / DEFAULT_INTERVAL_SECONDS
+        print(f"  at the default {DEFAULT_INTERVAL_SECONDS:.0f} s interval: stall {summary['overhead_at_default_interval']:.3%} "
+              f"of training; with the whole background write counted as lost too {summary['overhead_bound_at_default_interval']:.2%}")
     for name, summary in async_results.items():
         files = summary["newest_checkpoint_files_bytes"]
         print(f"\n{name}: checkpoint {sum(files.values()) / 2**20:.1f} MiB on disk ("
@@ -358,6 +438,7 @@ def main() -> None:
     path = write_result(args.output, {
         "settings": {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()},
         "note": "2 CPU cores shared with other developers' test runs: times vary with their load.",
+        "direct": direct_results,
         "async": async_results,
         "writes": writes,
         "interval": interval,

@@ -196,7 +196,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(
     command = _command(resume_data, tiny_model_dir, tmp_path)
     completed = _run(command, BERT_CLASSIFY_SIGTERM_AT_STEP="11")
     assert completed.returncode == 128 + signal.SIGTERM
-    checkpoints = sorted((tmp_path / "checkpoints").iterdir())
+    checkpoints = sorted((tmp_path / "checkpoints").glob("step-*"))
     assert [path.name for path in checkpoints] == ["step-00000010", "step-00000011"]
     model_file = checkpoints[-1] / "model.safetensors"
     model_file.write_bytes(model_file.read_bytes()[:100])  # truncated
