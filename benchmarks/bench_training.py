@@ -67,6 +67,7 @@ def run_ours(args: argparse.Namespace, train_csv: Path, val_csv: Path, output_di
         checkpoint_dir=None,
         log_every_steps=1_000_000,
         eval_every_steps=None,
+        precision=args.precision,
     )
     started = time.perf_counter()
     result = train(config)
@@ -273,7 +274,7 @@ def accuracy(args: argparse.Namespace, work: Path, class_names: list[str]) -> di
     # so it selects nothing: the saved model is the final one. Taken from training rows to keep test rows unseen.
     val_csv = write_rows(work / "accuracy_val.csv", rows[: args.val_rows])
     figures: dict[str, Any] = {}
-    for side in ("ours", "peer"):
+    for side in args.sides:
         gc.collect()
         output = work / f"accuracy_{side}"
         print(f"[accuracy] {side}: training on {len(rows)} rows ...", flush=True)
@@ -317,7 +318,7 @@ def print_tables(results: dict[str, Any]) -> None:
         print(f"\nAccuracy ({s['train_rows']} train rows, {s['test_rows']} test rows, batch {s['batch_size']}, "
               f"lr {s['learning_rate']}, 1 epoch)")
         print(f"{'':<8}{'accuracy':>10}{'macro-F1':>10}{'train ex/s':>12}")
-        for side in ("ours", "peer"):
+        for side in [s for s in ("ours", "peer") if s in a]:
             f = a[side]
             print(f"{side:<8}{f['test']['accuracy']:>10.4f}{f['test']['macro_f1']:>10.4f}"
                   f"{f['training']['examples_per_second']:>12.2f}")
@@ -337,6 +338,9 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="cap both runs (smoke tests only)")
     parser.add_argument("--no-throughput", action="store_true")
     parser.add_argument("--accuracy", action="store_true", help="also fine-tune on --train-rows and score --test-rows")
+    parser.add_argument("--precision", default="auto", help="our loop's --precision (auto, fp32, bf16)")
+    parser.add_argument("--sides", nargs="+", default=["ours", "peer"], choices=["ours", "peer"],
+                        help="accuracy: which sides to train and score")
     parser.add_argument("--train-rows", type=int, default=5000)
     parser.add_argument("--test-rows", type=int, default=5000)
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "training.json",

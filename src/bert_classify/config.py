@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from bert_classify.errors import ConfigError
+from bert_classify.precision import PRECISIONS
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BEST_METRICS = ("macro_f1", "accuracy", "loss")
 DATA_FORMATS = ("auto", "dbpedia", "csv", "jsonl")
 DEFAULT_MODEL = "bert-base-uncased"

@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     optimisation.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: 0.01)")
     optimisation.add_argument("--warmup-ratio", type=float, help="fraction of steps warming up (default: 0.06)")
     optimisation.add_argument("--max-grad-norm", type=float, help="gradient clipping norm (default: 1.0)")
-    optimisation.add_argument("--precision", choices=PRECISIONS, help="auto = bf16 on capable GPUs, else fp32")
+    optimisation.add_argument("--precision", choices=PRECISIONS, help="auto = bf16 autocast where the device computes bf16 natively (bf16 GPUs; CPUs with AVX512-BF16 or AMX), else fp32; fp16 (GPU) adds a gradient scaler")
     optimisation.add_argument(
         "--no-group-by-length", dest="group_by_length", action="store_false", help="plain shuffled batches"
     )

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from bert_classify import modeling
+from bert_classify import precision as precisions
 from bert_classify.config import TrainConfig, auto_learning_rate
 from bert_classify.errors import CheckpointError, ConfigError
 from bert_classify.training import checkpoint as ckpt
@@ -256,16 +257,14 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
 
     def _setup_precision(self) -> None:
+        # One rule for training and inference (bert_classify.precision): weights, gradients and AdamW
+        # state stay fp32; autocast runs the products in bf16/fp16; only fp16 needs a loss scale.
         device = self.context.device
-        precision = self.config.precision
-        if precision == "auto":
-            precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-        self.precision = precision
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        self.autocast: Callable[[], Any] = (
-            (lambda: torch.autocast(device_type=device.type, dtype=dtype)) if dtype is not None else nullcontext
-        )
-        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.precision = precisions.resolve_precision(self.config.precision, device)
+        if self.precision == "bf16" and not precisions.native_bf16(device):
+            self.log(f"warning: --precision bf16 on {device}: no native bf16 here, so it is emulated and slower than fp32")
+        self.autocast: Callable[[], Any] = precisions.autocast_factory(self.precision, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precisions.needs_loss_scale(self.precision))
 
     def _setup_checkpointing(self) -> None:
         config = self.config
@@ -285,6 +284,7 @@ class Trainer:
         values = {name: getattr(config, name) for name in FINGERPRINT_FIELDS if hasattr(config, name)}
         values["learning_rate"] = self.learning_rate
         values["effective_batch_size"] = self.effective_batch_size
+        values["precision"] = self.precision  # resolved: "auto" means different things on different machines
         values["model"] = config.model
         values["class_names"] = self.class_names
         values["freeze_encoder"] = config.freeze_encoder
