@@ -74,6 +74,8 @@ class TrainConfig:
     checkpoint_every_minutes: float | None = 10.0
     keep_checkpoints: int = 2
     force_resume: bool = False
+    # tokenised-data cache; default <checkpoint_dir>/token-cache when --checkpoint-dir is given
+    cache_dir: str | None = None
     # extra metrics/plots directory (SageMaker's SM_OUTPUT_DATA_DIR); defaults to output_dir
     metrics_dir: str | None = None
 

@@ -74,6 +74,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     checkpoints.add_argument("--checkpoint-every-minutes", type=float, help="checkpoint every M minutes (default: 10)")
     checkpoints.add_argument("--keep-checkpoints", type=int, help="complete checkpoints kept (default: 2)")
     checkpoints.add_argument("--force-resume", action="store_true", help="resume despite a changed configuration")
+    checkpoints.add_argument(
+        "--cache-dir",
+        help="keep the tokenised data here, built once per node and reused by every rank and restart "
+        "(default: <checkpoint-dir>/token-cache; none without --checkpoint-dir)",
+    )
     distributed = parser.add_argument_group("distributed")
     distributed.add_argument(
         "--nproc", type=int, help="processes (devices) on this machine; >1 launches torchrun (default: one per GPU)"

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import random
@@ -59,7 +58,6 @@ FINGERPRINT_FIELDS = (
     "eval_every_steps",
     "val_fraction",
 )
-TOKENIZE_CHUNK = 4096
 
 
 @dataclass
@@ -153,7 +151,6 @@ class Trainer:
     def setup(self) -> None:
         self._setup_model_config()
         self._setup_data()
-        self._setup_tokenized()
         self._setup_model()
         self._setup_optimizer()
         self._setup_precision()
@@ -173,6 +170,44 @@ class Trainer:
         self.effective_batch_size = config.batch_size * config.grad_accum_steps * self.context.world_size
 
     def _setup_data(self) -> None:
+        """Token ids of train/val as flat arrays, mapped from the token cache (tokenised once per node)."""
+        from bert_classify.data import token_cache
+
+        config = self.config
+        self.tokenizer = modeling.load_tokenizer(config.model)
+        self.pad_id = int(self.tokenizer.pad_token_id)
+        cache_root = (
+            Path(config.cache_dir) if config.cache_dir
+            else Path(config.checkpoint_dir) / token_cache.CHECKPOINT_SUBDIRECTORY if config.checkpoint_dir
+            else None
+        )
+        rank = self.context.rank
+        tokens = token_cache.load_or_build(
+            self._read_data, self.tokenizer, config.max_seq_len, cache_root=cache_root,
+            key_inputs=self._data_key_inputs() if cache_root is not None else None,
+            log=lambda message: print(f"rank {rank}: {message}" if self.context.enabled else message, flush=True),
+        )
+        self.class_names = tokens.class_names
+        self.data_digests = tokens.digests
+        self.train_ids, self.val_ids = tokens.train, tokens.val
+        self.train_lengths = tokens.train.lengths
+        self.train_labels, self.val_labels = tokens.train.labels, tokens.val.labels
+
+    def _data_key_inputs(self) -> dict[str, Any] | None:
+        """What identifies the data for the token cache; None (no cache) for plug-in readers."""
+        from bert_classify.data.token_cache import file_digest
+
+        config = self.config
+        files = {"train": config.train, "val": config.val, "classes": config.classes}
+        if config.reader or not all(path is None or Path(path).is_file() for path in files.values()):
+            return None
+        return {
+            **{name: file_digest(path) if path else None for name, path in files.items()},
+            "data_format": config.data_format, "text_column": config.text_column, "label_column": config.label_column,
+            "split": None if config.val else [config.val_fraction, config.seed],
+        }
+
+    def _read_data(self) -> tuple[Any, Any]:
         from bert_classify.data import load_labeled_data, read_class_names, stratified_split
 
         config = self.config
@@ -192,31 +227,7 @@ class Trainer:
                 f"--train: {train_data.source} has {len(train_data.class_names)} class; a classifier needs at least 2 "
                 "(check --classes and the label column)."
             )
-        self.class_names = list(train_data.class_names)
-        self.train_data, self.val_data = train_data, val_data
-
-    def _setup_tokenized(self) -> None:
-        self.tokenizer = modeling.load_tokenizer(self.config.model)
-        self.pad_id = int(self.tokenizer.pad_token_id)
-        self.train_ids = self._tokenize(self.train_data.texts)
-        self.val_ids = self._tokenize(self.val_data.texts)
-        self.train_lengths = np.fromiter((len(ids) for ids in self.train_ids), dtype=np.int64, count=len(self.train_ids))
-        self.train_labels = np.asarray(self.train_data.labels, dtype=np.int64)
-        self.val_labels = np.asarray(self.val_data.labels, dtype=np.int64)
-
-    def _tokenize(self, texts: list[str]) -> list[np.ndarray]:
-        token_ids: list[np.ndarray] = []
-        for start in range(0, len(texts), TOKENIZE_CHUNK):
-            encoded = self.tokenizer(
-                texts[start : start + TOKENIZE_CHUNK],
-                truncation=True,
-                max_length=self.config.max_seq_len,
-                padding=False,
-                return_attention_mask=False,
-                return_token_type_ids=False,
-            )
-            token_ids.extend(np.asarray(ids, dtype=np.int64) for ids in encoded["input_ids"])
-        return token_ids
+        return train_data, val_data
 
     def _setup_model(self) -> None:
         torch.manual_seed(self.config.seed)  # the fresh head's initialisation is reproducible
@@ -288,8 +299,8 @@ class Trainer:
         values["model"] = config.model
         values["class_names"] = self.class_names
         values["freeze_encoder"] = config.freeze_encoder
-        values["train_data"] = _data_digest(self.train_data.texts, self.train_data.labels)
-        values["val_data"] = _data_digest(self.val_data.texts, self.val_data.labels)
+        values["train_data"] = self.data_digests["train"]
+        values["val_data"] = self.data_digests["val"]
         return values
 
     def _check_fingerprint(self, saved: dict[str, Any], path: Path) -> None:
@@ -678,14 +689,6 @@ class _Progress:
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def _data_digest(texts: list[str], labels: list[int]) -> str:
-    digest = hashlib.sha256()
-    for text, label in zip(texts, labels):
-        digest.update(f"{label}\t{len(text)}\t".encode())
-        digest.update(text.encode("utf-8", "surrogatepass"))
-    return digest.hexdigest()
 
 
 def _jsonable(value: Any) -> Any:
