@@ -99,7 +99,9 @@ def tokenizer_identity(tokenizer: Any) -> str:
     digest = hashlib.sha256(type(tokenizer).__name__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        digest.update(backend.to_str().encode("utf-8"))
+        # truncation/padding are per-call settings that transformers leaves behind, not the tokenizer's identity
+        serialised = {**json.loads(backend.to_str()), "truncation": None, "padding": None}
+        digest.update(json.dumps(serialised, sort_keys=True).encode("utf-8"))
         return digest.hexdigest()
     with tempfile.TemporaryDirectory(prefix="bert-classify-tokenizer-") as directory:
         tokenizer.save_pretrained(directory)
