@@ -36,8 +36,8 @@ META_FILE = "meta.json"
 SPLITS = ("train", "val")
 _ARRAYS = {"ids": np.int32, "offsets": np.int64, "labels": np.int64}
 # Texts per call of the tokenizer's batch encoder: big enough to keep every core busy, small enough
-# that one chunk's Python lists of ids stay a few tens of MB.
-TOKENIZE_CHUNK = 16384
+# that one chunk's encodings (ids, tokens, offsets per token) stay a few tens of MB.
+TOKENIZE_CHUNK = 4096
 _HASH_BLOCK = 1 << 22
 
 
@@ -173,6 +173,19 @@ def _parallel_tokenizers() -> Iterator[None]:
             os.environ["TOKENIZERS_PARALLELISM"] = previous
 
 
+def _return_freed_memory() -> None:
+    """Hand the texts' freed heap back to the OS (glibc keeps it otherwise, and training would stack on top)."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 # --------------------------------------------------------------------------------- entry on disk
 def _write_entry(
     directory: Path, read: Callable[[], tuple[LabeledData, LabeledData]], tokenizer: Any, max_length: int,
@@ -187,7 +200,8 @@ def _write_entry(
             data.texts, tokenizer, max_length, directory / f"{split}.ids.bin", directory / f"{split}.offsets.bin"
         )
         np.asarray(data.labels, dtype=np.int64).tofile(directory / f"{split}.labels.bin")
-    del train_data, val_data  # the texts go now; only the arrays on disk remain
+    del train_data, val_data, data  # the texts go now; only the arrays on disk remain
+    _return_freed_memory()
     for split in SPLITS:
         for name, dtype in _ARRAYS.items():
             path = directory / f"{split}.{name}.bin"
