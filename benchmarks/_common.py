@@ -40,7 +40,7 @@ def _version(module: str) -> str | None:
 
 def _native_bf16() -> bool | None:
     try:
-        from bert_classify.inference.predictor import native_bf16
+        from bert_classify.precision import native_bf16
 
         return native_bf16("cpu")
     except Exception:

@@ -67,6 +67,7 @@ def run_ours(args: argparse.Namespace, train_csv: Path, val_csv: Path, output_di
         checkpoint_dir=None,
         log_every_steps=1_000_000,
         eval_every_steps=None,
+        precision=args.precision,
     )
     started = time.perf_counter()
     result = train(config)
@@ -85,8 +86,12 @@ def run_ours(args: argparse.Namespace, train_csv: Path, val_csv: Path, output_di
 
 
 # ------------------------------------------------------------------------------------------- peer
-def run_peer(args: argparse.Namespace, rows: list[tuple[int, str]], class_names: list[str], output_dir: Path) -> dict[str, Any]:
-    """What a user would write with the Trainer: tokenise without padding, pad per batch in the collator."""
+def run_peer(
+    args: argparse.Namespace, rows: list[tuple[int, str]], class_names: list[str], output_dir: Path, bf16: bool = False
+) -> dict[str, Any]:
+    """What a user would write with the Trainer: tokenise without padding, pad per batch in the collator.
+
+    `bf16`: TrainingArguments(bf16=True), the Trainer's bf16 autocast (fp32 weights), for the same-precision ratio."""
     import torch
     from transformers import (
         AutoModelForSequenceClassification,
@@ -148,6 +153,7 @@ def run_peer(args: argparse.Namespace, rows: list[tuple[int, str]], class_names:
         report_to=[],
         disable_tqdm=True,
         use_cpu=True,
+        bf16=bf16,
     )
     CountingCollator.real_tokens = CountingCollator.batch_tokens = 0
     timer = StepTimer()
@@ -273,7 +279,7 @@ def accuracy(args: argparse.Namespace, work: Path, class_names: list[str]) -> di
     # so it selects nothing: the saved model is the final one. Taken from training rows to keep test rows unseen.
     val_csv = write_rows(work / "accuracy_val.csv", rows[: args.val_rows])
     figures: dict[str, Any] = {}
-    for side in ("ours", "peer"):
+    for side in args.sides:
         gc.collect()
         output = work / f"accuracy_{side}"
         print(f"[accuracy] {side}: training on {len(rows)} rows ...", flush=True)
@@ -298,7 +304,125 @@ def accuracy(args: argparse.Namespace, work: Path, class_names: list[str]) -> di
     }
 
 
+# ------------------------------------------------------------------------------- whole process
+def matmul_peak(size: int = 2048, repeats: int = 10) -> dict[str, float]:
+    """Best-of-`repeats` GFLOP/s of one size x size matrix product in fp32 and bf16 (torch, this process's threads)."""
+    import torch
+
+    peaks = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        for _ in range(3):
+            torch.mm(a, b)
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - started)
+        peaks[name] = 2 * size**3 / best / 1e9
+    return peaks
+
+
+def training_flops(model_dir: Path, figures: dict[str, Any]) -> dict[str, float]:
+    """Training FLOPs (forward + backward = 3x forward) of our run: 6 x non-embedding parameters per token plus
+    attention's 12 x layers x hidden x sequence length per token (mean padded length); on the padded tokens the
+    hardware computed, and on the real tokens (the model-FLOPs convention)."""
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    layers, hidden = config["num_hidden_layers"], config["hidden_size"]
+    intermediate = config.get("intermediate_size", 4 * hidden)
+    per_token_dense = 6 * layers * (4 * hidden * hidden + 2 * hidden * intermediate)
+    mean_length = figures["batch_tokens"] / max(1, figures["examples"])
+    per_token = per_token_dense + 12 * layers * hidden * mean_length
+    return {"padded_tokens": per_token * figures["batch_tokens"], "real_tokens": per_token * figures["real_tokens"]}
+
+
+def child(args: argparse.Namespace) -> None:
+    """One side of the whole-process comparison, in its own process; figures to --child-output/figures.json."""
+    output = Path(args.child_output)
+    class_names = (args.data_dir / "classes.txt").read_text(encoding="utf-8").split()
+    if args.child == "ours":
+        figures = run_ours(args, Path(args.child_train), Path(args.child_val), output)
+    else:
+        rows = read_rows(Path(args.child_train), None)
+        figures = run_peer(args, rows, class_names, output, bf16=args.child == "peer-bf16")
+    (output / "figures.json").write_text(json.dumps(figures, default=str), encoding="utf-8")
+
+
+def whole_process(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Each side as a whole `python` process (imports, tokenisation, model load, training, saving), alternating."""
+    import subprocess
+
+    rows = read_rows(args.data_dir / "train.csv", args.rows)
+    train_csv = write_rows(work / "whole_train.csv", rows)
+    val_csv = write_rows(work / "whole_val.csv", read_rows(args.data_dir / "test.csv", args.val_rows))
+    peaks_before = matmul_peak()
+    runs: list[dict[str, Any]] = []
+    for round_index in range(args.rounds):
+        for side in args.whole_sides:
+            output = work / f"whole_{side}_{round_index}"
+            output.mkdir(parents=True, exist_ok=True)
+            command = [
+                sys.executable, str(Path(__file__).resolve()), "--child", side, "--child-train", str(train_csv),
+                "--child-val", str(val_csv), "--child-output", str(output), "--model", str(args.model),
+                "--data-dir", str(args.data_dir), "--batch-size", str(args.batch_size), "--max-seq-len",
+                str(args.max_seq_len), "--learning-rate", str(args.learning_rate), "--seed", str(args.seed),
+                "--precision", args.precision,
+            ]
+            print(f"[whole process] round {round_index + 1}/{args.rounds}: {side} on {len(rows)} rows ...", flush=True)
+            started = time.perf_counter()
+            completed = subprocess.run(command, capture_output=True, text=True)
+            wall = time.perf_counter() - started
+            if completed.returncode != 0:
+                raise SystemExit(f"{side} failed:\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}")
+            figures = json.loads((output / "figures.json").read_text(encoding="utf-8"))
+            figures.update(side=side, round=round_index + 1, process_wall_seconds=wall,
+                           load_average_after=list(os.getloadavg()))
+            if side == "ours":
+                figures["precision"] = next(
+                    (line.rsplit("precision ", 1)[1].strip() for line in completed.stdout.splitlines()
+                     if ", precision " in line), args.precision)
+                flops = training_flops(args.model, figures)
+                figures["training_flop_per_second_padded"] = flops["padded_tokens"] / figures["train_seconds"]
+                figures["training_flop_per_second_real"] = flops["real_tokens"] / figures["train_seconds"]
+            print(f"    {side}: process {wall:.1f} s, {figures['examples_per_second']:.2f} examples/s in training", flush=True)
+            runs.append(figures)
+    peaks_after = matmul_peak()
+    peaks = {name: max(peaks_before[name], peaks_after[name]) for name in peaks_before}
+    best = {side: min(r["process_wall_seconds"] for r in runs if r["side"] == side) for side in args.whole_sides}
+    ratios = {f"{side}_over_ours": best[side] / best["ours"] for side in best if side != "ours" and "ours" in best}
+    ours = [r for r in runs if r["side"] == "ours"]
+    fastest = min(ours, key=lambda r: r["train_seconds"]) if ours else None
+    utilisation = None
+    if fastest is not None:
+        precision = fastest["precision"] if fastest["precision"] in peaks else "fp32"
+        utilisation = {
+            "precision": precision,
+            "matmul_peak_gflops": peaks[precision],
+            "training_gflops_padded": fastest["training_flop_per_second_padded"] / 1e9,
+            "training_gflops_real": fastest["training_flop_per_second_real"] / 1e9,
+            "fraction_of_peak_padded": fastest["training_flop_per_second_padded"] / 1e9 / peaks[precision],
+            "fraction_of_peak_real": fastest["training_flop_per_second_real"] / 1e9 / peaks[precision],
+        }
+    return {
+        "settings": {"rows": len(rows), "batch_size": args.batch_size, "max_seq_len": args.max_seq_len, "epochs": 1,
+                     "learning_rate": args.learning_rate, "seed": args.seed, "model": str(args.model),
+                     "our_precision_flag": args.precision, "rounds": args.rounds, "sides": args.whole_sides,
+                     "timing": "wall time of each side's whole python process, start to exit (imports, "
+                     "tokenisation, model load, training, our end-of-epoch evaluation on the val rows, saving)"},
+        "matmul_peak_gflops": {"before": peaks_before, "after": peaks_after, "best": peaks},
+        "runs": runs,
+        "best_process_seconds": best,
+        "ratios": ratios,
+        "utilisation": utilisation,
+        "targets": {"peer_over_ours": 2.0, "peer-bf16_over_ours": 1.3},
+    }
+
+
 def print_tables(results: dict[str, Any]) -> None:
+    if "whole_process" in results:
+        w = results["whole_process"]
+        print(f"\nWhole process ({w['settings']['rows']} rows): best seconds {w['best_process_seconds']}, "
+              f"ratios {w['ratios']}; matmul peak {w['matmul_peak_gflops']['best']} GFLOP/s; utilisation {w['utilisation']}")
     if "throughput" in results:
         t = results["throughput"]
         print(f"\nThroughput ({t['settings']['rows']} rows, batch {t['settings']['batch_size']}, max len "
@@ -317,7 +441,7 @@ def print_tables(results: dict[str, Any]) -> None:
         print(f"\nAccuracy ({s['train_rows']} train rows, {s['test_rows']} test rows, batch {s['batch_size']}, "
               f"lr {s['learning_rate']}, 1 epoch)")
         print(f"{'':<8}{'accuracy':>10}{'macro-F1':>10}{'train ex/s':>12}")
-        for side in ("ours", "peer"):
+        for side in [s for s in ("ours", "peer") if s in a]:
             f = a[side]
             print(f"{side:<8}{f['test']['accuracy']:>10.4f}{f['test']['macro_f1']:>10.4f}"
                   f"{f['training']['examples_per_second']:>12.2f}")
@@ -337,11 +461,25 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="cap both runs (smoke tests only)")
     parser.add_argument("--no-throughput", action="store_true")
     parser.add_argument("--accuracy", action="store_true", help="also fine-tune on --train-rows and score --test-rows")
+    parser.add_argument("--precision", default="auto", help="our loop's --precision (auto, fp32, bf16)")
+    parser.add_argument("--sides", nargs="+", default=["ours", "peer"], choices=["ours", "peer"],
+                        help="accuracy: which sides to train and score")
+    parser.add_argument("--whole-process", action="store_true",
+                        help="also time each side as a whole process (ours, the Trainer, the Trainer with bf16=True)")
+    parser.add_argument("--whole-sides", nargs="+", default=["ours", "peer", "peer-bf16"],
+                        choices=["ours", "peer", "peer-bf16"])
+    parser.add_argument("--child", choices=["ours", "peer", "peer-bf16"], help=argparse.SUPPRESS)
+    parser.add_argument("--child-train", help=argparse.SUPPRESS)
+    parser.add_argument("--child-val", help=argparse.SUPPRESS)
+    parser.add_argument("--child-output", help=argparse.SUPPRESS)
     parser.add_argument("--train-rows", type=int, default=5000)
     parser.add_argument("--test-rows", type=int, default=5000)
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "training.json",
                         help="results file; a part not run this time is kept from the existing file")
     args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
     if not (args.model / "config.json").exists() or not (args.data_dir / "train.csv").exists():
         raise SystemExit(f"skipped: needs the shared model ({args.model}) and data ({args.data_dir})")
 
@@ -355,11 +493,14 @@ def main() -> None:
         if not args.no_throughput:
             results["throughput"] = {**throughput(args, work, class_names), "command": command_line(),
                                      "machine": machine_info()}
+        if args.whole_process:
+            results["whole_process"] = {**whole_process(args, work), "command": command_line(), "machine": machine_info()}
         if args.accuracy:
             results["accuracy"] = {**accuracy(args, work, class_names), "command": command_line(),
                                    "machine": machine_info()}
     print_tables(results)
-    kept = {part: previous[part] for part in ("throughput", "accuracy") if part in previous and part not in results}
+    parts = ("throughput", "accuracy", "whole_process")
+    kept = {part: previous[part] for part in parts if part in previous and part not in results}
     note = ("Each part carries its own command and machine. The machine has 2 CPU cores shared with other "
             "developers' test runs: ours and the peer run alternately in one process so that load affects both alike.")
     path = write_result(args.output.stem, {"note": note, **kept, **results})

@@ -147,7 +147,7 @@ def test_bad_arguments_raise_user_errors(classifier: Classifier, texts, kwargs, 
 def test_auto_precision_is_bf16_only_where_the_hardware_has_it(
     classifier: Classifier, fitted_model_dir: Path, monkeypatch: pytest.MonkeyPatch, native: bool
 ) -> None:
-    monkeypatch.setattr("bert_classify.inference.predictor.native_bf16", lambda device: native)
+    monkeypatch.setattr("bert_classify.precision.native_bf16", lambda device: native)
     auto = Classifier.from_pretrained(fitted_model_dir, precision="auto")
     assert auto.precision == ("bf16" if native else "fp32")
     difference = np.abs(auto.predict_proba(TEXTS) - classifier.predict_proba(TEXTS)).max()
@@ -165,7 +165,7 @@ def test_forced_bf16_stays_close_to_fp32(classifier: Classifier, fitted_model_di
 
 
 def test_native_bf16_is_false_off_cpu_and_cuda() -> None:
-    from bert_classify.inference.predictor import native_bf16, resolve_precision
+    from bert_classify.precision import native_bf16, resolve_precision
 
     assert native_bf16("mps") is False
     assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"

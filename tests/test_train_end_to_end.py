@@ -78,7 +78,8 @@ def test_gradient_accumulation_equals_one_step_on_the_whole_batch(
     write_dbpedia_csv(data / "train.csv", make_rows(30, seed=4))  # 30 / 8: the last step has 6 examples
     write_dbpedia_csv(data / "val.csv", make_rows(6, seed=5))
     (data / "classes.txt").write_text("\n".join(CLASS_NAMES))
-    common = dict(warmup_ratio=0.0, learning_rate=5e-3, max_grad_norm=1e9)
+    # fp32: the comparison is of summation order, which bf16 autocast rounding would swamp
+    common = dict(warmup_ratio=0.0, learning_rate=5e-3, max_grad_norm=1e9, precision="fp32")
     whole = train(_config(data, tiny_model_no_dropout_dir, tmp_path / "whole", batch_size=8, **common))
     accumulated = train(_config(
         data, tiny_model_no_dropout_dir, tmp_path / "accumulated", batch_size=batch_size,
@@ -110,7 +111,8 @@ def test_accumulated_gradient_is_the_mean_gradient_of_the_whole_step(
     write_dbpedia_csv(data / "val.csv", make_rows(6, seed=5))
     (data / "classes.txt").write_text("\n".join(CLASS_NAMES))
     trainer = Trainer(
-        _config(data, tiny_model_no_dropout_dir, tmp_path / "out", batch_size=batch_size, grad_accum_steps=accumulation),
+        _config(data, tiny_model_no_dropout_dir, tmp_path / "out", batch_size=batch_size, grad_accum_steps=accumulation,
+                precision="fp32"),  # the reference below runs without autocast
         init_distributed(),
     )
     trainer.setup()

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from bert_classify.errors import ConfigError
+from bert_classify.precision import PRECISIONS
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BEST_METRICS = ("macro_f1", "accuracy", "loss")
 DATA_FORMATS = ("auto", "dbpedia", "csv", "jsonl")
 DEFAULT_MODEL = "bert-base-uncased"
@@ -93,6 +93,8 @@ class TrainConfig:
     checkpoint_every_minutes: float | None = 2.0  # asynchronous writes: a SIGKILL loses ~2 min, <1 % overhead (docs/benchmarks.md)
     keep_checkpoints: int = 2
     force_resume: bool = False
+    # tokenised-data cache; default <checkpoint_dir>/token-cache when --checkpoint-dir is given
+    cache_dir: str | None = None
     # extra metrics/plots directory (SageMaker's SM_OUTPUT_DATA_DIR); defaults to output_dir
     metrics_dir: str | None = None
     # replace a model already in output_dir that another run (or no run of ours) wrote

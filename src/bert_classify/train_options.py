@@ -76,7 +76,11 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
     TrainOption("weight-decay", "weight_decay", "optimisation", "AdamW weight decay (default: 0.01)", float),
     TrainOption("warmup-ratio", "warmup_ratio", "optimisation", "fraction of steps warming up (default: 0.06)", float),
     TrainOption("max-grad-norm", "max_grad_norm", "optimisation", "gradient clipping norm (default: 1.0)", float),
-    TrainOption("precision", "precision", "optimisation", "auto = bf16 on capable GPUs, else fp32", choices=PRECISIONS),
+    TrainOption(
+        "precision", "precision", "optimisation",
+        "auto = bf16 autocast where the device computes bf16 natively (bf16 GPUs; CPUs with AVX512-BF16 or AMX), "
+        "else fp32; fp16 (GPU) adds a gradient scaler", choices=PRECISIONS,
+    ),  # fmt: skip
     TrainOption("no-group-by-length", "group_by_length", "optimisation", "plain shuffled batches", None, switch=True, negated=True),
     TrainOption("seed", "seed", "optimisation", "random seed (default: 42)", int),
     TrainOption(
@@ -108,12 +112,17 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
     TrainOption("checkpoint-every-steps", "checkpoint_every_steps", "checkpoints (spot interruptions)", "checkpoint every N optimizer steps", int),
     TrainOption(
         "checkpoint-every-minutes", "checkpoint_every_minutes", "checkpoints (spot interruptions)",
-        "checkpoint every M minutes (default: 10)", float,
+        "checkpoint every M minutes (default: 2; written in the background)", float,
     ),  # fmt: skip
     TrainOption("keep-checkpoints", "keep_checkpoints", "checkpoints (spot interruptions)", "complete checkpoints kept (default: 2)", int),
     TrainOption(
         "force-resume", "force_resume", "checkpoints (spot interruptions)", "resume despite a changed configuration",
         None, switch=True,
+    ),  # fmt: skip
+    TrainOption(
+        "cache-dir", "cache_dir", "checkpoints (spot interruptions)",
+        "keep the tokenised data here, built once per node and reused by every rank and restart "
+        "(default: <checkpoint-dir>/token-cache; none without --checkpoint-dir)",
     ),  # fmt: skip
     # distributed
     TrainOption(

@@ -17,13 +17,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from bert_classify import precision as precisions
 from bert_classify.data.collate import pad_batch
 from bert_classify.errors import BertClassifyError, ConfigError
 
 RUNTIMES = ("torch", "onnx")
-# Numeric precision of the torch runtime. auto: bf16 autocast where the hardware computes bf16
-# natively (CUDA GPUs with bf16; CPUs with AVX512-BF16 or AMX-BF16), else fp32.
-INFERENCE_PRECISIONS = ("auto", "fp32", "bf16")
+# Numeric precision of the torch runtime: the choices and the "auto" rule live in bert_classify.precision.
+INFERENCE_PRECISIONS = precisions.INFERENCE_PRECISIONS
 DEFAULT_BATCH_SIZE = 32
 # The file `export-onnx` writes inside the model directory, and the one `--runtime onnx` loads.
 DEFAULT_ONNX_FILE = "onnx/model.onnx"
@@ -44,7 +44,7 @@ class _TorchBackend:
         self.model = model
         self.device = torch.device(device)
         self.precision = precision
-        self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+        self.autocast_dtype = precisions.autocast_dtype(precision)
         # BERT classifiers: the last layer runs for the [CLS] token only (what the head reads).
         self.first_token_head = FirstTokenHead.build(model)
 
@@ -65,36 +65,6 @@ class _TorchBackend:
                 else:
                     output = self.model(input_ids=ids, attention_mask=mask).logits
             return output.float().cpu().numpy()
-
-
-def native_bf16(device: str) -> bool:
-    """Whether `device` computes bf16 matrix products in hardware (so bf16 autocast is faster, not emulated)."""
-    import torch
-
-    if device.startswith("cuda"):
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if device != "cpu":
-        return False
-    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    if all(probe is not None for probe in probes):  # private torch helpers; /proc/cpuinfo without them
-        try:
-            return any(bool(probe()) for probe in probes)  # type: ignore[misc]
-        except Exception:  # pragma: no cover - depends on the torch build
-            pass
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace").split())
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    """"auto" -> "bf16" where the device has native bf16, else "fp32"; "fp32"/"bf16" pass through."""
-    if precision not in INFERENCE_PRECISIONS:
-        raise ConfigError(f"--precision: '{precision}' is not one of {', '.join(INFERENCE_PRECISIONS)}.")
-    if precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
-    return precision
 
 
 def _default_device() -> str:
@@ -219,8 +189,8 @@ class Classifier:
         else:
             device_name = device or _default_device()
             model = _load_torch_model(path, device_name)
-            resolved = resolve_precision(precision, device_name)
-            if resolved == "bf16" and not native_bf16(device_name):
+            resolved = precisions.resolve_precision(precision, device_name, INFERENCE_PRECISIONS)
+            if resolved == "bf16" and not precisions.native_bf16(device_name):
                 logging.getLogger(__name__).warning(
                     "--precision bf16 on %s: this device has no native bf16, so it is emulated and slower than fp32.",
                     device_name,

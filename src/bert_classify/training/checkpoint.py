@@ -432,17 +432,10 @@ def restore_rng(json_states: dict[str, Any], tensor_states: dict[str, Any]) -> N
 
 
 # ------------------------------------------------------------------------------------ fingerprints
-def data_digest(texts: list[str], labels: list[int]) -> str:
-    digest = hashlib.sha256()
-    for text, label in zip(texts, labels):
-        digest.update(f"{label}\t{len(text)}\t".encode())
-        digest.update(text.encode("utf-8", "surrogatepass"))
-    return digest.hexdigest()
-
-
 def make_fingerprint(config: Any, **resolved: Any) -> dict[str, Any]:
     """What must match for a resume: FINGERPRINT_FIELDS of `config`, overridden by the resolved values
-    (learning_rate, effective_batch_size, class_names, train_data and val_data digests, ...)."""
+    (learning_rate, effective_batch_size, class_names, train_data and val_data digests from
+    data.token_cache.data_digest, ...)."""
     values = {name: getattr(config, name) for name in FINGERPRINT_FIELDS if hasattr(config, name)}
     values["model"] = config.model
     values["freeze_encoder"] = config.freeze_encoder

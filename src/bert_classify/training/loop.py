@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from bert_classify import modeling
+from bert_classify import precision as precisions
 from bert_classify.config import TRAINING_CONFIG_FILE, TrainConfig, auto_learning_rate, check_output_locations
 from bert_classify.data.collate import pad_batch
 from bert_classify.errors import ConfigError, TrainingError
 from bert_classify.training.batching import plan_epoch, rank_micro_batches, steps_per_epoch
-from bert_classify.training.checkpoint import Checkpointer, data_digest, make_fingerprint, require_finite
+from bert_classify.training.checkpoint import Checkpointer, make_fingerprint, require_finite
 from bert_classify.training.distributed import (
     DistributedContext,
     all_reduce_max,
@@ -36,8 +37,6 @@ from bert_classify.training.distributed import (
 )
 from bert_classify.training.faults import FaultPlan, faults_for_tests
 from bert_classify.training.signals import GracefulStop
-
-TOKENIZE_CHUNK = 4096
 
 
 @dataclass
@@ -142,7 +141,6 @@ class Trainer:
     def setup(self) -> None:
         self._setup_model_config()
         self._setup_data()
-        self._setup_tokenized()
         self._setup_class_weights()
         self._setup_model()
         self._setup_optimizer()
@@ -164,6 +162,44 @@ class Trainer:
         self.effective_batch_size = config.batch_size * config.grad_accum_steps * self.context.world_size
 
     def _setup_data(self) -> None:
+        """Token ids of train/val as flat arrays, mapped from the token cache (tokenised once per node)."""
+        from bert_classify.data import token_cache
+
+        config = self.config
+        self.tokenizer = modeling.load_tokenizer(config.model)
+        self.pad_id = int(self.tokenizer.pad_token_id)
+        cache_root = (
+            Path(config.cache_dir) if config.cache_dir
+            else Path(config.checkpoint_dir) / token_cache.CHECKPOINT_SUBDIRECTORY if config.checkpoint_dir
+            else None
+        )
+        rank = self.context.rank
+        tokens = token_cache.load_or_build(
+            self._read_data, self.tokenizer, config.max_seq_len, cache_root=cache_root,
+            key_inputs=self._data_key_inputs() if cache_root is not None else None,
+            log=lambda message: print(f"rank {rank}: {message}" if self.context.enabled else message, flush=True),
+        )
+        self.class_names = tokens.class_names
+        self.data_digests = tokens.digests
+        self.train_ids, self.val_ids = tokens.train, tokens.val
+        self.train_lengths = tokens.train.lengths
+        self.train_labels, self.val_labels = tokens.train.labels, tokens.val.labels
+
+    def _data_key_inputs(self) -> dict[str, Any] | None:
+        """What identifies the data for the token cache; None (no cache) for plug-in readers."""
+        from bert_classify.data.token_cache import file_digest
+
+        config = self.config
+        files = {"train": config.train, "val": config.val, "classes": config.classes}
+        if config.reader or not all(path is None or Path(path).is_file() for path in files.values()):
+            return None
+        return {
+            **{name: file_digest(path) if path else None for name, path in files.items()},
+            "data_format": config.data_format, "text_column": config.text_column, "label_column": config.label_column,
+            "split": None if config.val else [config.val_fraction, config.seed],
+        }
+
+    def _read_data(self) -> tuple[Any, Any]:
         from bert_classify.data import load_labeled_data, read_class_names, stratified_split
         from bert_classify.data.labels import describe_classes, unused_classes
 
@@ -187,31 +223,7 @@ class Trainer:
                 f"--train: {train_data.source} has {len(train_data.class_names)} class; a classifier needs at least 2 "
                 "(check --classes and the label column)."
             )
-        self.class_names = list(train_data.class_names)
-        self.train_data, self.val_data = train_data, val_data
-
-    def _setup_tokenized(self) -> None:
-        self.tokenizer = modeling.load_tokenizer(self.config.model)
-        self.pad_id = int(self.tokenizer.pad_token_id)
-        self.train_ids = self._tokenize(self.train_data.texts)
-        self.val_ids = self._tokenize(self.val_data.texts)
-        self.train_lengths = np.fromiter((len(ids) for ids in self.train_ids), dtype=np.int64, count=len(self.train_ids))
-        self.train_labels = np.asarray(self.train_data.labels, dtype=np.int64)
-        self.val_labels = np.asarray(self.val_data.labels, dtype=np.int64)
-
-    def _tokenize(self, texts: list[str]) -> list[np.ndarray]:
-        token_ids: list[np.ndarray] = []
-        for start in range(0, len(texts), TOKENIZE_CHUNK):
-            encoded = self.tokenizer(
-                texts[start : start + TOKENIZE_CHUNK],
-                truncation=True,
-                max_length=self.config.max_seq_len,
-                padding=False,
-                return_attention_mask=False,
-                return_token_type_ids=False,
-            )
-            token_ids.extend(np.asarray(ids, dtype=np.int64) for ids in encoded["input_ids"])
-        return token_ids
+        return train_data, val_data
 
     def _setup_model(self) -> None:
         torch.manual_seed(self.config.seed)  # the fresh head's initialisation is reproducible
@@ -233,9 +245,12 @@ class Trainer:
             if not parameter.requires_grad:
                 continue
             (no_decay if parameter.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(parameter)
+        # fused: one kernel over all parameters instead of ~10 ops per tensor (docs/benchmarks.md: the for-loop
+        # AdamW was the largest single cost of a MiniLM step on CPU); same state_dict, so checkpoints carry over
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.learning_rate,
+            fused=self.context.device.type in ("cpu", "cuda"),
         )
         self.steps_per_epoch = steps_per_epoch(len(self.train_ids), self.effective_batch_size)
         self.total_steps = config.epochs * self.steps_per_epoch
@@ -252,16 +267,14 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
 
     def _setup_precision(self) -> None:
+        # One rule for training and inference (bert_classify.precision): weights, gradients and AdamW
+        # state stay fp32; autocast runs the products in bf16/fp16; only fp16 needs a loss scale.
         device = self.context.device
-        precision = self.config.precision
-        if precision == "auto":
-            precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-        self.precision = precision
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        self.autocast: Callable[[], Any] = (
-            (lambda: torch.autocast(device_type=device.type, dtype=dtype)) if dtype is not None else nullcontext
-        )
-        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.precision = precisions.resolve_precision(self.config.precision, device)
+        if self.precision == "bf16" and not precisions.native_bf16(device):
+            self.log(f"warning: --precision bf16 on {device}: no native bf16 here, so it is emulated and slower than fp32")
+        self.autocast: Callable[[], Any] = precisions.autocast_factory(self.precision, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precisions.needs_loss_scale(self.precision))
         self.step_loss = torch.zeros((), dtype=torch.float64, device=device)  # this rank's summed loss of the step
 
     def _setup_checkpointing(self) -> None:
@@ -270,9 +283,10 @@ class Trainer:
             config,
             learning_rate=self.learning_rate,
             effective_batch_size=self.effective_batch_size,
+            precision=self.precision,  # resolved: "auto" means different things on different machines
             class_names=self.class_names,
-            train_data=data_digest(self.train_data.texts, self.train_data.labels),
-            val_data=data_digest(self.val_data.texts, self.val_data.labels),
+            train_data=self.data_digests["train"],
+            val_data=self.data_digests["val"],
             **class_weights_fingerprint(config),
         )
         self.checkpointer = Checkpointer(

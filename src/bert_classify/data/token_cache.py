@@ -1,0 +1,320 @@
+"""Tokenised training data as flat memory-mapped arrays, built once per node and reused on restart.
+
+Layout of one cache entry `<cache-root>/<key>/`: `meta.json` (the header: key inputs, class names,
+data digests, and for each array its dtype, shape, size and sha256) and raw little-endian arrays
+`{train,val}.{ids,offsets,labels}.bin` (token ids int32, row offsets int64, labels int64) read with
+np.memmap: no pickle, no code in the files. The key is a digest of the data files' bytes, the reading
+options, the tokenizer's full serialisation and the truncation length, so a change to any of them
+selects a different entry. A file lock lets one process per node build while the others wait and
+then map the same files read-only (the OS page cache holds one copy per node). An entry is verified
+(sizes, checksums, offsets) before use; a damaged one is removed and rebuilt, never trusted.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bert_classify.data.labels import LabeledData
+
+CACHE_FORMAT = 1
+# The cache directory inside --checkpoint-dir (SageMaker copies it to S3 and back with the checkpoints).
+CHECKPOINT_SUBDIRECTORY = "token-cache"
+META_FILE = "meta.json"
+SPLITS = ("train", "val")
+_ARRAYS = {"ids": np.int32, "offsets": np.int64, "labels": np.int64}
+# Texts per call of the tokenizer's batch encoder: big enough to keep every core busy, small enough
+# that one chunk's encodings (ids, tokens, offsets per token) stay a few tens of MB.
+TOKENIZE_CHUNK = 4096
+_HASH_BLOCK = 1 << 22
+
+
+class CacheDamaged(Exception):
+    """An entry failed verification (internal; the caller rebuilds it)."""
+
+
+@dataclass
+class TokenArrays:
+    """Token ids of N texts, flat: text i is ids[offsets[i]:offsets[i+1]]; labels[i] its 0-based label."""
+
+    ids: np.ndarray
+    offsets: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.ids[self.offsets[index] : self.offsets[index + 1]]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+@dataclass
+class TokenData:
+    """What training needs from the data: tokens, labels, class names and the data digests for resume checks."""
+
+    train: TokenArrays
+    val: TokenArrays
+    class_names: list[str]
+    digests: dict[str, str]  # "train"/"val" -> data_digest(texts, labels)
+    path: Path | None  # the cache entry mapped, or None when built without a cache directory
+    built: bool  # True when this process tokenised, False when it mapped an existing entry
+
+
+def data_digest(texts: Sequence[str], labels: Sequence[int]) -> str:
+    """sha256 over (label, length, text) of every example: what a checkpoint's data fingerprint holds."""
+    digest = hashlib.sha256()
+    for text, label in zip(texts, labels):
+        digest.update(f"{label}\t{len(text)}\t".encode())
+        digest.update(text.encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tokenizer_identity(tokenizer: Any) -> str:
+    """sha256 of everything that decides the tokenizer's output: its class and full serialisation (vocabulary,
+    normaliser, pre-tokeniser, special tokens). Slow tokenizers: the files save_pretrained writes."""
+    digest = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        # truncation/padding are per-call settings that transformers leaves behind, not the tokenizer's identity
+        serialised = {**json.loads(backend.to_str()), "truncation": None, "padding": None}
+        digest.update(json.dumps(serialised, sort_keys=True).encode("utf-8"))
+        return digest.hexdigest()
+    with tempfile.TemporaryDirectory(prefix="bert-classify-tokenizer-") as directory:
+        tokenizer.save_pretrained(directory)
+        for path in sorted(Path(directory).rglob("*")):
+            if path.is_file():
+                digest.update(path.name.encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def cache_key(inputs: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps({"format": CACHE_FORMAT, **inputs}, sort_keys=True).encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------ tokenising
+def tokenize_to_files(
+    texts: Sequence[str], tokenizer: Any, max_length: int, ids_path: Path, offsets_path: Path
+) -> tuple[int, int]:
+    """Tokenise `texts` (truncated to `max_length`, with special tokens, no padding) chunk by chunk with the
+    tokenizer's parallel batch encoder, appending int32 ids to `ids_path` and int64 offsets (N+1) to
+    `offsets_path`. Returns (rows, tokens). Only one chunk's ids are ever held in memory."""
+    encode = _batch_encoder(tokenizer, max_length)
+    total = 0
+    with open(ids_path, "wb") as ids_file, open(offsets_path, "wb") as offsets_file, _parallel_tokenizers():
+        np.zeros(1, dtype=np.int64).tofile(offsets_file)
+        for start in range(0, len(texts), TOKENIZE_CHUNK):
+            sequences = encode(list(texts[start : start + TOKENIZE_CHUNK]))
+            lengths = np.fromiter((len(ids) for ids in sequences), dtype=np.int64, count=len(sequences))
+            flat = np.fromiter((i for ids in sequences for i in ids), dtype=np.int32, count=int(lengths.sum()))
+            flat.tofile(ids_file)
+            (total + np.cumsum(lengths)).tofile(offsets_file)
+            total += int(lengths.sum())
+    return len(texts), total
+
+
+def _batch_encoder(tokenizer: Any, max_length: int) -> Callable[[list[str]], list[list[int]]]:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        from tokenizers import Tokenizer
+
+        # a private copy: truncation settings never leak into the tokenizer that is saved with the model
+        private = Tokenizer.from_str(backend.to_str())
+        private.no_padding()
+        private.enable_truncation(max_length=max_length)
+        return lambda texts: [encoding.ids for encoding in private.encode_batch(texts, add_special_tokens=True)]
+
+    def slow(texts: list[str]) -> list[list[int]]:
+        encoded = tokenizer(
+            texts, truncation=True, max_length=max_length, padding=False,
+            return_attention_mask=False, return_token_type_ids=False,
+        )
+        return list(encoded["input_ids"])
+
+    return slow
+
+
+@contextmanager
+def _parallel_tokenizers() -> Iterator[None]:
+    """The fast tokenizer's batch encoder over all cores, even where TOKENIZERS_PARALLELISM=false was set to
+    silence its fork warning (nothing forks while we tokenise)."""
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = previous
+
+
+def _return_freed_memory() -> None:
+    """Hand the texts' freed heap back to the OS (glibc keeps it otherwise, and training would stack on top)."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
+# --------------------------------------------------------------------------------- entry on disk
+def _write_entry(
+    directory: Path, read: Callable[[], tuple[LabeledData, LabeledData]], tokenizer: Any, max_length: int,
+    key: str, key_inputs: dict[str, Any],
+) -> None:
+    train_data, val_data = read()
+    class_names = list(train_data.class_names)
+    digests, arrays = {}, {}
+    for split, data in (("train", train_data), ("val", val_data)):
+        digests[split] = data_digest(data.texts, data.labels)
+        tokenize_to_files(
+            data.texts, tokenizer, max_length, directory / f"{split}.ids.bin", directory / f"{split}.offsets.bin"
+        )
+        np.asarray(data.labels, dtype=np.int64).tofile(directory / f"{split}.labels.bin")
+    del train_data, val_data, data  # the texts go now; only the arrays on disk remain
+    _return_freed_memory()
+    for split in SPLITS:
+        for name, dtype in _ARRAYS.items():
+            path = directory / f"{split}.{name}.bin"
+            size = path.stat().st_size
+            arrays[f"{split}.{name}"] = {
+                "file": path.name, "dtype": np.dtype(dtype).str, "count": size // np.dtype(dtype).itemsize,
+                "bytes": size, "sha256": file_digest(path),
+            }
+    meta = {
+        "format": CACHE_FORMAT, "key": key, "key_inputs": key_inputs, "class_names": class_names,
+        "digests": digests, "arrays": arrays, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    with open(directory / META_FILE, "w", encoding="utf-8") as handle:
+        json.dump(meta, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _map_entry(directory: Path, key: str | None, verify: bool = True) -> TokenData:
+    """Map a finished entry read-only; raise CacheDamaged when anything does not match its header."""
+    try:
+        meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise CacheDamaged(f"{META_FILE} unreadable ({error})") from None
+    if meta.get("format") != CACHE_FORMAT or (key is not None and meta.get("key") != key):
+        raise CacheDamaged(f"{META_FILE} is for another key or format")
+    mapped: dict[str, np.ndarray] = {}
+    try:
+        for name, spec in meta["arrays"].items():
+            path = directory / spec["file"]
+            if not path.is_file() or path.stat().st_size != spec["bytes"]:
+                raise CacheDamaged(f"{spec['file']} is missing or has the wrong size")
+            if verify and file_digest(path) != spec["sha256"]:
+                raise CacheDamaged(f"{spec['file']} does not match its checksum")
+            dtype = np.dtype(spec["dtype"])
+            mapped[name] = (
+                np.memmap(path, dtype=dtype, mode="r", shape=(spec["count"],)) if spec["count"] else np.zeros(0, dtype)
+            )
+        splits = {}
+        for split in SPLITS:
+            ids, offsets, labels = (mapped[f"{split}.{name}"] for name in _ARRAYS)
+            if len(offsets) != len(labels) + 1 or offsets[0] != 0 or offsets[-1] != len(ids):
+                raise CacheDamaged(f"{split} offsets do not match the ids")
+            if len(labels) and (labels.min() < 0 or labels.max() >= len(meta["class_names"])):
+                raise CacheDamaged(f"{split} labels outside the class list")
+            splits[split] = TokenArrays(ids=ids, offsets=offsets, labels=labels)
+    except (KeyError, TypeError, ValueError) as error:
+        raise CacheDamaged(f"{META_FILE} is malformed ({error})") from None
+    return TokenData(
+        train=splits["train"], val=splits["val"], class_names=list(meta["class_names"]),
+        digests=dict(meta["digests"]), path=directory, built=False,
+    )
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def load_or_build(
+    read: Callable[[], tuple[LabeledData, LabeledData]],
+    tokenizer: Any,
+    max_length: int,
+    *,
+    cache_root: Path | None,
+    key_inputs: dict[str, Any] | None,
+    log: Callable[[str], None] = print,
+) -> TokenData:
+    """The tokenised train/val data: mapped from `cache_root` when a sound entry exists, else built there.
+
+    `read()` returns (train, val) LabeledData and is called only when building. `key_inputs` describes the
+    data (file digests, reading options); None (a plug-in reader, data that is not a file) or no
+    `cache_root` builds into a temporary directory that is mapped and then unlinked, so the same flat
+    arrays are used and the texts are still dropped, but nothing is kept for a restart.
+    """
+    if cache_root is None or key_inputs is None:
+        with tempfile.TemporaryDirectory(prefix="bert-classify-tokens-") as temporary:
+            _write_entry(Path(temporary), read, tokenizer, max_length, "uncached", {})
+            data = _map_entry(Path(temporary), None, verify=False)
+        data.path, data.built = None, True  # the mapping outlives the unlinked files
+        return data
+    inputs = {**key_inputs, "tokenizer": tokenizer_identity(tokenizer), "max_length": max_length}
+    key = cache_key(inputs)
+    cache_root.mkdir(parents=True, exist_ok=True)
+    entry = cache_root / key[:32]
+    with _file_lock(cache_root / f"{key[:32]}.lock"):
+        if entry.exists():
+            try:
+                data = _map_entry(entry, key)
+                log(f"token cache: using {entry} ({len(data.train)} train, {len(data.val)} validation rows)")
+                return data
+            except CacheDamaged as reason:
+                log(f"token cache: {entry} is damaged ({reason}); rebuilding it")
+                shutil.rmtree(entry, ignore_errors=True)
+        for stale in cache_root.glob(f".{key[:32]}.building-*"):  # a builder killed mid-way (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        started = time.perf_counter()
+        temporary = Path(tempfile.mkdtemp(prefix=f".{key[:32]}.building-", dir=cache_root))
+        try:
+            _write_entry(temporary, read, tokenizer, max_length, key, inputs)
+            os.replace(temporary, entry)
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
+        data = _map_entry(entry, key, verify=False)  # just written and checksummed by this process
+        data.built = True
+        log(
+            f"token cache: built {entry} in {time.perf_counter() - started:.1f} s "
+            f"({len(data.train)} train, {len(data.val)} validation rows)"
+        )
+        return data
