@@ -10,6 +10,7 @@ import argparse
 import json
 import re
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 
 from bert_classify.errors import ConfigError
@@ -312,24 +313,23 @@ def _training_job_options(args: argparse.Namespace):  # -> TrainingJobOptions
     )
 
 
-def _float_range(value: str) -> tuple[float, float]:
-    low, separator, high = value.partition(":")
-    try:
-        if not separator:
-            raise ValueError
-        return float(low), float(high)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LOW:HIGH such as 1e-5:5e-4, not '{value}'") from None
+def _range(kind: type, example: str) -> Callable[[str], tuple]:
+    """A parser of LOW:HIGH for numbers of `kind` (float or int)."""
+
+    def parse(value: str) -> tuple:
+        low, separator, high = value.partition(":")
+        try:
+            if not separator:
+                raise ValueError
+            return kind(low), kind(high)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected LOW:HIGH such as {example}, not '{value}'") from None
+
+    return parse
 
 
-def _int_range(value: str) -> tuple[int, int]:
-    low, separator, high = value.partition(":")
-    try:
-        if not separator:
-            raise ValueError
-        return int(low), int(high)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected whole numbers LOW:HIGH such as 2:5, not '{value}'") from None
+_float_range = _range(float, "1e-5:5e-4")
+_int_range = _range(int, "2:5")
 
 
 def _int_list(value: str) -> list[int]:
