@@ -178,7 +178,7 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     result = run_offline(
         tmp_path, "tune", "--dry-run", "--role", ROLE, "--train", "s3://data-bucket/t.csv", "--epochs-range", "2-4",
     )  # fmt: skip
-    assert result.returncode == 2 and "expected whole numbers LOW:HIGH" in result.stderr
+    assert result.returncode == 2 and "expected LOW:HIGH such as 2:5" in result.stderr
 
 
 def test_each_training_job_of_a_tuning_job_checkpoints_under_its_own_name(tmp_path: Path) -> None:
