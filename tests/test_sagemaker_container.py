@@ -32,7 +32,7 @@ HYPERPARAMETERS = {
 SIGNAL_CHECKPOINT = re.compile(r"checkpoint written \(signal\) at step (\d+)")
 RESUMED = re.compile(r"resumed from checkpoint at step (\d+)")
 # Slows each micro-step so that the signal lands mid-training (test-only fault hook).
-SLOW = {"BERT_CLASSIFY_MICRO_STEP_DELAY_S": "0.05"}
+SLOW = {"BERT_CLASSIFY_TEST_FAULTS": "1", "BERT_CLASSIFY_MICRO_STEP_DELAY_S": "0.05"}
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_without_the_forwarder_sigterm_to_pid1_is_lost(job: dict, tmp_path: Path
     """What the image does on its own (the reason the forwarder exists): PID 1 bash ignores SIGTERM."""
     request = _request(job, forward_signals=False)
     assert "ContainerEntrypoint" not in request["AlgorithmSpecification"]
-    container = _container(tmp_path, "plain", job, request, environment={"BERT_CLASSIFY_MICRO_STEP_DELAY_S": "0.2"})
+    container = _container(tmp_path, "plain", job, request, environment={**SLOW, "BERT_CLASSIFY_MICRO_STEP_DELAY_S": "0.2"})
     container.start()
     try:
         container.wait_for(r"metric: train_loss=\S+ step=3 ", timeout=240)

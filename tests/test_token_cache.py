@@ -165,7 +165,7 @@ def test_restart_maps_the_cache_and_stays_bitwise_identical(
     assert "token cache" not in reference.stdout  # no --checkpoint-dir, no --cache-dir: nothing kept
     run_dir = tmp_path / "interrupted"
     command = _train_command(data_dir, tiny_model_dir, run_dir, "--checkpoint-dir", str(run_dir / "checkpoints"))
-    first = _run(command, BERT_CLASSIFY_SIGTERM_AT_STEP="4")
+    first = _run(command, BERT_CLASSIFY_TEST_FAULTS="1", BERT_CLASSIFY_SIGTERM_AT_STEP="4")
     assert first.returncode != 0 and "checkpoint written (signal)" in first.stdout, first.stdout + first.stderr
     assert "token cache: built" in first.stdout
     assert (run_dir / "checkpoints" / tc.CHECKPOINT_SUBDIRECTORY).is_dir()

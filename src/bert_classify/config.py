@@ -244,6 +244,8 @@ def _is_own_output(config: TrainConfig, saved_file: Path) -> bool:
         return False
     if not isinstance(saved, dict):
         return False
+    if _continues_a_checkpointed_run(config, saved):
+        return True
     for name, value in config.to_dict().items():
         if name in _OPERATIONAL_OPTIONS:
             continue
@@ -252,6 +254,21 @@ def _is_own_output(config: TrainConfig, saved_file: Path) -> bool:
         if name not in saved or saved[name] != value:
             return False
     return True
+
+
+def _continues_a_checkpointed_run(config: TrainConfig, saved: dict[str, Any]) -> bool:
+    """The saved run checkpointed into this run's --checkpoint-dir, and checkpoints are there: this run resumes
+    it, and the checkpoint's fingerprint (not this check) decides whether changed options may continue it
+    (refused, naming each change, unless --force-resume)."""
+    if not config.checkpoint_dir or saved.get("checkpoint_dir") is None:
+        return False
+    from bert_classify.training.checkpoint import CHECKPOINT_PREFIX
+
+    try:
+        same = Path(saved["checkpoint_dir"]).resolve() == Path(config.checkpoint_dir).resolve()
+        return same and any(Path(config.checkpoint_dir).glob(f"{CHECKPOINT_PREFIX}*"))
+    except (OSError, TypeError, ValueError):
+        return False
 
 
 def _finite(flag: str, value: Any) -> None:
