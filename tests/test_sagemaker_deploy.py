@@ -132,7 +132,7 @@ def test_deploy_without_role_is_refused(aws_session, capsys: pytest.CaptureFixtu
 
 def test_invoke_sends_json_inputs(aws_session, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     texts = tmp_path / "texts.txt"
-    texts.write_text("a painter and singer\n\nspecies of mammal\n", encoding="utf-8")
+    texts.write_text("a painter and singer\nspecies of mammal\n", encoding="utf-8")
     status = main(["sagemaker", "invoke", "--endpoint-name", "classifier", "--text", "a company", "--input", str(texts), "--top-k", "2"])
     assert status == 0
     (sent,) = _sent(aws_session, "InvokeEndpoint")

@@ -18,8 +18,8 @@ COMMAND_MODULES = (
     "bert_classify.commands.train",
     "bert_classify.commands.quickstart",
     "bert_classify.commands.evaluate",
-    "bert_classify.inference.commands",
-    "bert_classify.sagemaker.commands",
+    "bert_classify.commands.inference",
+    "bert_classify.commands.sagemaker",
 )
 
 

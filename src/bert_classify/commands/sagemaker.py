@@ -1,4 +1,4 @@
-"""`bert-classify sagemaker train|tune|deploy|invoke|delete`: parse flags and call launch.py / deploy.py.
+"""`bert-classify sagemaker train|tune|deploy|invoke|delete`: parse flags and call bert_classify.sagemaker (launch, tune, deploy).
 
 The training options of `sagemaker train` are the `train` command's own, from the one option table
 (bert_classify/train_options.py); they travel to the job as hyper-parameters.
@@ -11,9 +11,7 @@ import json
 import re
 import shlex
 from collections.abc import Callable
-from pathlib import Path
 
-from bert_classify.errors import ConfigError
 from bert_classify.sagemaker.forwarding import IMAGE_ENTRY
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -520,7 +518,7 @@ def _register_invoke(commands: argparse._SubParsersAction) -> None:
     _add_common(parser, role=False)
     parser.add_argument("--endpoint-name", required=True)
     parser.add_argument("--text", action="append", default=[], help="a text to classify; repeatable")
-    parser.add_argument("--input", help="file with one text per line")
+    parser.add_argument("--input", help="texts to send, read as `predict --input` reads them (one per line; .csv, .jsonl)")
     parser.add_argument("--top-k", type=int, help="labels per text (default: the endpoint's, 1)")
     parser.set_defaults(func=_run_invoke)
 
@@ -530,10 +528,10 @@ def _run_invoke(args: argparse.Namespace) -> int:
 
     texts = list(args.text)
     if args.input:
-        path = Path(args.input)
-        if not path.is_file():
-            raise ConfigError(f"--input: file not found: {path}")
-        texts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        from bert_classify.data import read_texts
+
+        # the same reading of text files as `predict --input` (bert_classify.data.readers)
+        texts += read_texts(args.input)
     answer = invoke(args.endpoint_name, texts, top_k=args.top_k, region=args.region, dry_run=args.dry_run)
     if not args.dry_run:
         print(json.dumps(answer, indent=2) if not isinstance(answer, str) else answer)

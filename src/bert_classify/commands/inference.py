@@ -1,4 +1,4 @@
-"""CLI commands of the inference package: `predict`, `serve`, `package`, `export-onnx`.
+"""`bert-classify predict|serve|package|export-onnx`: parse flags and call the inference library.
 
 Each parses its flags and calls the library (predictor, server, package, onnx_export); no logic here.
 """
