@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bert_classify.config import BEST_METRICS, CLASS_WEIGHT_MODES, DATA_FORMATS, DEFAULT_MODEL, PRECISIONS
+from bert_classify.errors import ConfigError
 
 
 def parse_learning_rate(value: str) -> float | None:
@@ -24,6 +25,22 @@ def parse_learning_rate(value: str) -> float | None:
         return float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number or 'auto', not '{value}'") from None
+
+
+SWITCH_TRUE = ("true", "1", "yes", "on")
+SWITCH_FALSE = ("false", "0", "no", "off")
+
+
+def parse_switch(value: Any, *, flag: str, source: str = "training option") -> bool:
+    """An on/off value as users and SageMaker write it (True/False, 1/0, yes/no, on/off; any case)."""
+    if isinstance(value, bool):
+        return value
+    lowered = str(value).strip().lower()
+    if lowered in SWITCH_TRUE:
+        return True
+    if lowered in SWITCH_FALSE:
+        return False
+    raise ConfigError(f"{source} --{flag} must be True or False, not '{value}'.")
 
 
 @dataclass(frozen=True)

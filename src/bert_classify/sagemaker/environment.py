@@ -29,8 +29,6 @@ FILE_CHANNELS = {"train": "train", "val": "val", "classes": "classes"}
 MODEL_CHANNEL = "model"
 # Environment variable -> TrainConfig field, for plain directories.
 DIRECTORY_VARIABLES = {"SM_MODEL_DIR": "output_dir", "SM_OUTPUT_DATA_DIR": "metrics_dir"}
-_TRUE = ("true", "1", "yes", "on")
-_FALSE = ("false", "0", "no", "off")
 # Where the model channel's archive is unpacked (one directory per archive, shared by the ranks of a node).
 MODEL_EXTRACT_ROOT_VARIABLE = "BERT_CLASSIFY_MODEL_EXTRACT_DIR"
 
@@ -221,21 +219,12 @@ def boolean_flags_to_cli(argv: Sequence[str]) -> list[str]:
             index += 1
         else:
             value = None
-        enabled = True if value is None else _parse_bool(name, value)
+        enabled = True if value is None else train_options.parse_switch(value, flag=name, source="hyper-parameter")
         if name in negated_flags:
             enabled = not enabled
         if enabled:
             result.append(f"--{flag}")
     return result
-
-
-def _parse_bool(name: str, value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ConfigError(f"hyper-parameter --{name} must be True or False, not '{value}'.")
 
 
 def distributed_settings(environ: Mapping[str, str] | None = None) -> dict:

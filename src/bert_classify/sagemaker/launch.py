@@ -23,7 +23,7 @@ from bert_classify.sagemaker import aws
 from bert_classify.sagemaker.environment import CHECKPOINT_DIR
 from bert_classify.sagemaker.forwarding import IMAGE_ENTRY, container_command
 from bert_classify.sagemaker.source import ENTRY_SCRIPT_NAME, build_sourcedir
-from bert_classify.train_options import TRAIN_OPTIONS, find_option
+from bert_classify.train_options import TRAIN_OPTIONS, find_option, parse_switch
 
 DEFAULT_INSTANCE_TYPE = "ml.g5.xlarge"
 DEFAULT_FRAMEWORK_VERSION = "2.6"
@@ -198,7 +198,7 @@ def normalise_hyperparameters(hyperparameters: Mapping[str, Any]) -> dict[str, s
             continue
         if option.switch:
             # A field name states the field's value (group_by_length=False); the flag states the switch's.
-            enabled = _as_bool(flag, value)
+            enabled = parse_switch(value, flag=flag)
             if option.negated and str(key).lstrip("-").replace("_", "-") == option.field_flag:
                 enabled = not enabled  # group_by_length=False is the switch --no-group-by-length on
             result[flag] = "True" if enabled else "False"
@@ -533,17 +533,6 @@ def _model_source(value: str) -> str | Path:
 
 def _looks_like_uri(value: str) -> bool:
     return "://" in value or value.lower().startswith("s3:")
-
-
-def _as_bool(flag: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    lowered = str(value).strip().lower()
-    if lowered in ("true", "1", "yes", "on"):
-        return True
-    if lowered in ("false", "0", "no", "off"):
-        return False
-    raise ConfigError(f"training option --{flag} must be True or False, not '{value}'.")
 
 
 def _s3_channel(name: str, uri: str) -> dict[str, Any]:
