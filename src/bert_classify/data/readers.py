@@ -237,6 +237,17 @@ def _csv_layout(
     return layout
 
 
+def dbpedia_text(fields: Sequence[str]) -> str:
+    """The text of a DBpedia-layout row without its class index: (title, content) joined as training reads
+    them ("Title. Content"), or (text,). The one rule for the readers and the request codec."""
+    if len(fields) == 1:
+        return fields[0].strip()
+    title, content = fields[0].strip(), fields[1].strip()
+    if not title or not content:
+        return title or content
+    return f"{title} {content}" if title.endswith(_SENTENCE_END) else f"{title}. {content}"
+
+
 def _read_dbpedia(
     first: tuple[int, list[str]], records: Iterator[tuple[int, list[str]]], source: str, *, want_labels: bool
 ) -> tuple[list[str], list[int], list[int]]:
@@ -262,18 +273,7 @@ def _read_dbpedia(
                 f"{source}:{line}: class index '{clip(row[0])}' is not an integer{hint}; the first field of "
                 "each line is the 1-based class index."
             ) from None
-        if width == 3:
-            title, content = row[1].strip(), row[2].strip()
-            if not title:
-                text = content
-            elif not content:
-                text = title
-            elif title.endswith(_SENTENCE_END):
-                text = f"{title} {content}"
-            else:
-                text = f"{title}. {content}"
-        else:
-            text = row[1].strip()
+        text = dbpedia_text(row[1:])
         if not text:
             raise DataError(f"{source}:{line}: empty text; give each example some text or remove the line.")
         texts.append(text)

@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from bert_classify.data.readers import dbpedia_text
 from bert_classify.errors import BertClassifyError
 
 JSON = "application/json"
@@ -41,7 +42,6 @@ _CSV_FIELD_LIMIT = 64 * 1024 * 1024
 _CLASS_INDEX = re.compile(r"\s*[0-9]{1,9}\s*")
 # DBpedia titles that already end a sentence are joined to the content with a space, not ". "
 # (the same join as the training readers, data/readers.py `_read_dbpedia`).
-_SENTENCE_END = (".", "!", "?")
 # SageMaker real-time endpoints refuse payloads above 6 MB; we refuse them the same way locally.
 DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024
 DEFAULT_MAX_TEXTS = 1000
@@ -184,17 +184,8 @@ def csv_texts(text: str, source: str = "text/csv body") -> list[str]:
         raise RequestError(400, f"{source} is not valid CSV at line {reader.line_num}: {error}.") from None
     width = len(rows[0]) if rows else 0
     if width in (2, 3) and all(len(row) == width and _CLASS_INDEX.fullmatch(row[0]) for row in rows):
-        return [_dbpedia_text(row[1:]) for row in rows]
+        return [dbpedia_text(row[1:]) for row in rows]
     return [",".join(row) for row in rows]
-
-
-def _dbpedia_text(fields: list[str]) -> str:
-    if len(fields) == 1:
-        return fields[0].strip()
-    title, content = fields[0].strip(), fields[1].strip()
-    if not title or not content:
-        return title or content
-    return f"{title} {content}" if title.endswith(_SENTENCE_END) else f"{title}. {content}"
 
 
 def _check_unicode(texts: list[str], media_type: str) -> None:
