@@ -200,35 +200,12 @@ def _add_training_job_arguments(parser: argparse.ArgumentParser, *, tuning: bool
     )
     image.add_argument("--py-version", default=DEFAULT_PY_VERSION, help=f"(default: {DEFAULT_PY_VERSION})")
     security = parser.add_argument_group("network and security")
-    security.add_argument("--subnets", type=_comma_list, default=[], help="VPC subnet ids, comma-separated")
-    security.add_argument(
-        "--security-group-ids", type=_comma_list, default=[], help="VPC security group ids, comma-separated"
-    )
     security.add_argument("--output-kms-key", help="KMS key for the model artifacts in S3")
     security.add_argument("--volume-kms-key", help="KMS key for the instances' storage volumes")
     security.add_argument(
-        "--network-isolation", action="store_true", help="no network access from the container"
-    )
-    security.add_argument(
         "--encrypt-inter-container-traffic", action="store_true", help="encrypt traffic between instances"
     )
-    security.add_argument(
-        "--tag",
-        dest="tags",
-        type=_key_value,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="repeatable",
-    )
-    security.add_argument(
-        "--environment",
-        type=_key_value,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="container environment variable; repeatable",
-    )
+    _add_network_tags_environment(security)
 
     training = parser.add_argument_group(
         "training options (as for `bert-classify train`; sent as hyper-parameters)"
@@ -401,6 +378,22 @@ def _run_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_network_tags_environment(group: argparse._ActionsContainer) -> None:
+    """VPC, network isolation, tags and container environment: the same flags for a training job and a model."""
+    group.add_argument("--subnets", type=_comma_list, default=[], help="VPC subnet ids, comma-separated")
+    group.add_argument(
+        "--security-group-ids", type=_comma_list, default=[], help="VPC security group ids, comma-separated"
+    )
+    group.add_argument("--network-isolation", action="store_true", help="no network access from the container")
+    group.add_argument(
+        "--tag", dest="tags", type=_key_value, action="append", default=[], metavar="KEY=VALUE", help="repeatable"
+    )
+    group.add_argument(
+        "--environment", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+        help="container environment variable; repeatable",
+    )  # fmt: skip
+
+
 def _register_deploy(commands: argparse._SubParsersAction) -> None:
     from bert_classify.sagemaker.deploy import (
         DEFAULT_ENDPOINT_INSTANCE_TYPE,
@@ -460,25 +453,7 @@ def _register_deploy(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--py-version", default=DEFAULT_PY_VERSION, help=f"(default: {DEFAULT_PY_VERSION})")
     parser.add_argument("--kms-key", help="KMS key for the endpoint's storage")
-    parser.add_argument("--subnets", type=_comma_list, default=[], help="VPC subnet ids, comma-separated")
-    parser.add_argument(
-        "--security-group-ids", type=_comma_list, default=[], help="VPC security group ids, comma-separated"
-    )
-    parser.add_argument(
-        "--network-isolation", action="store_true", help="no network access from the container"
-    )
-    parser.add_argument(
-        "--tag",
-        dest="tags",
-        type=_key_value,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="repeatable",
-    )
-    parser.add_argument(
-        "--environment", type=_key_value, action="append", default=[], metavar="KEY=VALUE", help="repeatable"
-    )
+    _add_network_tags_environment(parser)
     parser.add_argument("--wait", action="store_true", help="wait until the endpoint is in service")
     parser.set_defaults(func=_run_deploy)
 
