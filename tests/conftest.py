@@ -82,3 +82,35 @@ def require_shared_data() -> Path:
     if not (SHARED_DATA / "train.csv").exists():
         pytest.skip(f"../shared data not present at {SHARED_DATA}: integration test needs it")
     return SHARED_DATA
+
+
+@pytest.fixture
+def aws_session(monkeypatch: pytest.MonkeyPatch):
+    """An in-process AWS (moto) with fake credentials, and a session whose sent requests are recorded
+    (`session.sent`: operation -> parameters as sent; moto drops some fields when storing)."""
+    import json
+
+    import boto3
+    import moto
+
+    from bert_classify.sagemaker import aws
+
+    region = "us-east-1"
+    for variable, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": region,
+    }.items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    with moto.mock_aws():
+        session = boto3.session.Session(region_name=region)
+        session.sent = {}
+
+        def record(params: dict, model: object, **_: object) -> None:
+            session.sent[model.name] = json.loads(json.dumps(params, default=str))
+
+        session.events.register("provide-client-params.sagemaker.*", record)
+        monkeypatch.setattr(aws, "make_session", lambda region=None: session)
+        yield session

@@ -17,7 +17,6 @@ moto = pytest.importorskip("moto")
 
 from bert_classify.cli import main  # noqa: E402
 from bert_classify.errors import BertClassifyError, ConfigError  # noqa: E402
-from bert_classify.sagemaker import aws  # noqa: E402
 from bert_classify.sagemaker.forwarding import container_command  # noqa: E402
 from bert_classify.sagemaker.launch import (  # noqa: E402
     METRIC_DEFINITIONS,
@@ -32,29 +31,6 @@ from bert_classify.sagemaker.source import ENTRY_SCRIPT_NAME, build_sourcedir  #
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 REGION = "us-east-1"
 BUCKET = "my-training-bucket"
-
-
-@pytest.fixture
-def aws_session(monkeypatch: pytest.MonkeyPatch):
-    """An in-process AWS (moto) with fake credentials, and a session whose sent requests are recorded."""
-    for variable, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(variable, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    with moto.mock_aws():
-        session = boto3.session.Session(region_name=REGION)
-        session.sent = {}  # operation -> parameters as sent (moto drops some fields when storing)
-
-        def record(params: dict[str, Any], model: Any, **_: Any) -> None:
-            session.sent[model.name] = json.loads(json.dumps(params, default=str))
-
-        session.events.register("provide-client-params.sagemaker.*", record)
-        monkeypatch.setattr(aws, "make_session", lambda region=None: session)
-        yield session
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ boto3 = pytest.importorskip("boto3")
 moto = pytest.importorskip("moto")
 
 from bert_classify.errors import BertClassifyError, ConfigError  # noqa: E402
-from bert_classify.sagemaker import aws  # noqa: E402
 from bert_classify.sagemaker.environment import training_defaults  # noqa: E402
 from bert_classify.sagemaker.launch import METRIC_NAMES, TrainingJobOptions  # noqa: E402
 from bert_classify.sagemaker.tune import (  # noqa: E402
@@ -27,28 +26,6 @@ from test_sagemaker_offline import run_offline, validate_request  # noqa: E402
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 REGION = "us-east-1"
 BUCKET = "tuning-bucket"
-
-
-@pytest.fixture
-def aws_session(monkeypatch: pytest.MonkeyPatch):
-    for variable, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(variable, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    with moto.mock_aws():
-        session = boto3.session.Session(region_name=REGION)
-        session.sent = {}
-
-        def record(params: dict[str, Any], model: Any, **_: Any) -> None:
-            session.sent[model.name] = json.loads(json.dumps(params, default=str))
-
-        session.events.register("provide-client-params.sagemaker.*", record)
-        monkeypatch.setattr(aws, "make_session", lambda region=None: session)
-        yield session
 
 
 def _options(**changes: Any) -> TuningOptions:
