@@ -86,8 +86,9 @@ def require_shared_data() -> Path:
 
 @pytest.fixture
 def aws_session(monkeypatch: pytest.MonkeyPatch):
-    """An in-process AWS (moto) with fake credentials, and a session whose sent requests are recorded
-    (`session.sent`: operation -> parameters as sent; moto drops some fields when storing)."""
+    """An in-process AWS (moto) with fake credentials, and a session whose sent requests are recorded:
+    `session.sent` (operation -> the last parameters sent; moto drops some fields when storing) and
+    `session.sent_log` (every (operation, parameters) in order, SageMaker runtime calls included)."""
     import json
 
     import boto3
@@ -107,10 +108,14 @@ def aws_session(monkeypatch: pytest.MonkeyPatch):
     with moto.mock_aws():
         session = boto3.session.Session(region_name=region)
         session.sent = {}
+        session.sent_log = []
 
         def record(params: dict, model: object, **_: object) -> None:
-            session.sent[model.name] = json.loads(json.dumps(params, default=str))
+            sent = json.loads(json.dumps(params, default=str))
+            session.sent[model.name] = sent
+            session.sent_log.append((model.name, sent))
 
         session.events.register("provide-client-params.sagemaker.*", record)
+        session.events.register("provide-client-params.sagemaker-runtime.*", record)
         monkeypatch.setattr(aws, "make_session", lambda region=None: session)
         yield session

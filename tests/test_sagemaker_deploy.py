@@ -11,7 +11,6 @@ boto3 = pytest.importorskip("boto3")
 moto = pytest.importorskip("moto")
 
 from bert_classify.cli import main  # noqa: E402
-from bert_classify.sagemaker import aws  # noqa: E402
 from bert_classify.sagemaker.deploy import DeployOptions, deploy  # noqa: E402
 
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
@@ -19,31 +18,8 @@ REGION = "us-east-1"
 MODEL_DATA = "s3://out-bucket/job-1/output/model.tar.gz"
 
 
-@pytest.fixture
-def aws_session(monkeypatch: pytest.MonkeyPatch):
-    for variable, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(variable, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    with moto.mock_aws():
-        session = boto3.session.Session(region_name=REGION)
-        session.sent = []
-
-        def record(params: dict[str, Any], model: Any, **_: Any) -> None:
-            session.sent.append((model.name, json.loads(json.dumps(params, default=str))))
-
-        session.events.register("provide-client-params.sagemaker.*", record)
-        session.events.register("provide-client-params.sagemaker-runtime.*", record)
-        monkeypatch.setattr(aws, "make_session", lambda region=None: session)
-        yield session
-
-
 def _sent(session: Any, operation: str) -> list[dict[str, Any]]:
-    return [params for name, params in session.sent if name == operation]
+    return [params for name, params in session.sent_log if name == operation]
 
 
 def test_deploy_creates_model_endpoint_config_and_endpoint(aws_session, capsys: pytest.CaptureFixture[str]) -> None:
@@ -107,7 +83,7 @@ def test_deploy_dry_run_prints_three_requests_and_sends_nothing(aws_session, cap
         "KmsKeyId": "key-1",
     }
     assert requests["CreateEndpoint"] == {"EndpointName": "ep", "EndpointConfigName": "ep"}
-    assert aws_session.sent == []
+    assert aws_session.sent_log == []
 
 
 @pytest.mark.parametrize(
@@ -151,7 +127,7 @@ def test_invoke_dry_run_and_no_texts(aws_session, capsys: pytest.CaptureFixture[
     assert json.loads(json.loads(capsys.readouterr().out)["Body"]) == {"inputs": ["hello"]}
     assert main(["sagemaker", "invoke", "--endpoint-name", "ep"]) == 2
     assert "give at least one text" in capsys.readouterr().err
-    assert aws_session.sent == []
+    assert aws_session.sent_log == []
 
 
 def test_delete_removes_endpoint_and_config_and_optionally_the_model(aws_session, capsys: pytest.CaptureFixture[str]) -> None:
@@ -163,7 +139,7 @@ def test_delete_removes_endpoint_and_config_and_optionally_the_model(aws_session
         "DeleteEndpointConfig": {"EndpointConfigName": "<EndpointConfigName of endpoint ep>"},
         "DeleteModel": [{"ModelName": "<each ModelName of endpoint ep>"}],
     }
-    assert aws_session.sent[-1][0] == "CreateEndpoint"  # no DescribeEndpoint was sent
+    assert aws_session.sent_log[-1][0] == "CreateEndpoint"  # no DescribeEndpoint was sent
     sagemaker = aws_session.client("sagemaker")
     assert sagemaker.describe_endpoint(EndpointName="ep")["EndpointStatus"] == "InService"  # dry run kept it
     assert main(["sagemaker", "delete", "--endpoint-name", "ep"]) == 0

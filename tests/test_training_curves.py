@@ -27,6 +27,7 @@ from bert_classify.training.curves import (
 )
 from bert_classify.training.loop import train
 from conftest import CLASS_NAMES, make_rows, write_dbpedia_csv
+from test_resume import _run_until  # start a run, signal it at a marker (test-only fault hooks on)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -166,22 +167,6 @@ def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env=_environment())
 
 
-def _run_until(command: list[str], marker: str, sig: int) -> tuple[int, str]:
-    """Start a run, send `sig` once its output shows `marker`; return (exit status, output)."""
-    # The test-fault switch (and the delay it enables) only slows steps so the signal lands mid-run.
-    environment = _environment(BERT_CLASSIFY_TEST_FAULTS="1", BERT_CLASSIFY_MICRO_STEP_DELAY_S="0.05")
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
-    assert process.stdout is not None
-    lines = []
-    for line in process.stdout:
-        lines.append(line)
-        if marker in line:
-            process.send_signal(sig)
-            break
-    lines.extend(process.stdout)
-    return process.wait(timeout=300), "".join(lines)
-
-
 @pytest.fixture(scope="module")
 def reference_curves(curve_data: Path, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("reference-curves")
@@ -209,7 +194,7 @@ def test_sigterm_then_resume_continues_the_same_curves(
     curve_data: Path, tiny_model_dir: Path, tmp_path: Path, reference_curves: Path
 ) -> None:
     command = _command(curve_data, tiny_model_dir, tmp_path)
-    status, output = _run_until(command, "step 6/", signal.SIGTERM)
+    status, output = _run_until(command, "step 6/", signal.SIGTERM, BERT_CLASSIFY_MICRO_STEP_DELAY_S="0.05")
     assert status == 128 + signal.SIGTERM, output
     stopped = int(output.split("stopped by signal after step ")[1].split(";")[0])
     assert [record["step"] for record in read_history(tmp_path / "checkpoints" / HISTORY_FILE)][-1] == stopped
@@ -224,7 +209,7 @@ def test_sigkill_past_a_checkpoint_drops_the_repeated_steps_from_the_curves(
     curve_data: Path, tiny_model_dir: Path, tmp_path: Path, reference_curves: Path
 ) -> None:
     command = _command(curve_data, tiny_model_dir, tmp_path)
-    status, _ = _run_until(command, "step 7/", signal.SIGKILL)
+    status, _ = _run_until(command, "step 7/", signal.SIGKILL, BERT_CLASSIFY_MICRO_STEP_DELAY_S="0.05")
     assert status == -signal.SIGKILL
     logged = [record["step"] for record in read_history(tmp_path / "checkpoints" / HISTORY_FILE)]
     assert logged[-1] >= 6  # logged past the checkpoint at step 4: these steps will be trained again
