@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -157,3 +158,31 @@ def test_a_blocking_save_of_cpu_tensors_stages_no_copy_and_an_asynchronous_one_d
     checkpointer.wait()
     assert checkpointer._staging  # training goes on during an asynchronous write, so it writes a copy
     assert ckpt.verify_checkpoint(tmp_path / "step-00000002") is None
+
+
+def test_without_memory_for_a_staging_copy_a_periodic_checkpoint_is_written_while_training_waits(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    model = torch.nn.Linear(64, 64)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(2, 64)).sum().backward()
+    optimizer.step()
+    messages: list[str] = []
+    checkpointer = _checkpointer(tmp_path)
+    checkpointer.log = messages.append
+    monkeypatch.setattr(ckpt, "memory_headroom", lambda: 10_000)  # bytes: less than two copies of the state
+    arguments = dict(model=model, optimizer=optimizer, scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+                     scaler=torch.amp.GradScaler("cpu", enabled=False), progress={"epoch": 0}, best_state=None)
+    checkpointer.save(step=1, reason="interval", wait=False, **arguments)
+    assert checkpointer._thread is None and checkpointer._staging == {}  # written already, with no copy
+    assert ckpt.verify_checkpoint(tmp_path / "step-00000001") is None
+    assert sum("written while training waits" in message for message in messages) == 1
+    monkeypatch.setattr(ckpt, "memory_headroom", lambda: None)  # unknown: write in the background as before
+    checkpointer.save(step=2, reason="interval", wait=False, **arguments)
+    checkpointer.wait()
+    assert checkpointer._staging and ckpt.verify_checkpoint(tmp_path / "step-00000002") is None
+
+
+def test_memory_headroom_reads_this_machine() -> None:
+    headroom = ckpt.memory_headroom()
+    assert headroom is None or headroom > 0

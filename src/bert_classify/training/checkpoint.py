@@ -89,6 +89,29 @@ FINGERPRINT_FIELDS = (
 
 # Benchmarks set this False to measure the synchronous write (capture, then write on the training path).
 WRITE_IN_BACKGROUND = True
+# A background write holds a staging copy of the model and optimizer state; it is made only while the
+# memory left (MemAvailable, and the cgroup's limit inside a container) is at least this many copies.
+STAGING_HEADROOM = 2.0
+
+
+def memory_headroom() -> int | None:
+    """Bytes this process may still allocate: /proc/meminfo MemAvailable, lowered to the cgroup v2 limit's
+    remainder in a container. None where neither can be read (not Linux)."""
+    found: list[int] = []
+    try:
+        for line in Path("/proc/meminfo").read_text(encoding="ascii").splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text(encoding="ascii").strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text(encoding="ascii").strip())
+            found.append(max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
 
 
 @dataclass
@@ -630,6 +653,7 @@ class Checkpointer:
         self._lock = DirectoryLock(directory) if directory is not None else None
         self._staging: dict[str, torch.Tensor] = {}
         self._copy_cpu_tensors = True  # set per capture: False for a blocking save
+        self._warned_memory = False
         self._thread: threading.Thread | None = None
         self._pending: tuple[_Snapshot, float, bool] | None = None  # snapshot, save() start, blocking
         self._error: BaseException | None = None
@@ -753,7 +777,7 @@ class Checkpointer:
         if self.context.is_main:
             self._join()  # at most one write in flight; raises if the previous one failed
             if self.last_step != step:
-                blocking = wait or not WRITE_IN_BACKGROUND
+                blocking = wait or not WRITE_IN_BACKGROUND or not self._room_for_staging(model, optimizer)
                 snapshot = self._capture(
                     step, reason, model, optimizer, scheduler, scaler, progress, best_state, copy_tensors=not blocking
                 )
@@ -772,6 +796,29 @@ class Checkpointer:
 
             barrier(self.context)
         return time.perf_counter() - started
+
+    def _room_for_staging(self, model: torch.nn.Module, optimizer: Any) -> bool:
+        """Whether a background write's staging copy fits; once a CPU run has its buffers, they are reused.
+
+        Without room the checkpoint is written while training waits, straight from the tensors (a CPU run)
+        or through a one-off copy (CUDA): slower, but never the reason a job runs out of memory."""
+        if self._staging:
+            return True
+        needed = sum(tensor.numel() * tensor.element_size() for tensor in model.state_dict().values())
+        needed += sum(
+            value.numel() * value.element_size()
+            for state in optimizer.state.values() for value in state.values() if isinstance(value, torch.Tensor)
+        )
+        headroom = memory_headroom()
+        if headroom is None or headroom >= STAGING_HEADROOM * needed:
+            return True
+        if not self._warned_memory:
+            self._warned_memory = True
+            self.log(
+                f"checkpoints are written while training waits: a background write needs a {needed / 2**30:.2f} GiB "
+                f"copy of the state and only {headroom / 2**30:.2f} GiB of memory is free"
+            )
+        return False
 
     def poll(self) -> None:
         """Log a write that has finished; raise CheckpointError for one that failed (rank 0; cheap)."""
