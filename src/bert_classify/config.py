@@ -19,7 +19,8 @@ from typing import Any
 from bert_classify.errors import ConfigError
 from bert_classify.precision import PRECISIONS
 
-BEST_METRICS = ("macro_f1", "accuracy", "loss")
+# micro_f1 equals accuracy for single-label data; for multi-label data accuracy is subset (exact-match) accuracy.
+BEST_METRICS = ("macro_f1", "micro_f1", "accuracy", "loss")
 DATA_FORMATS = ("auto", "dbpedia", "csv", "jsonl")
 DEFAULT_MODEL = "bert-base-uncased"
 # The shortest input worth classifying: [CLS], one token of text, [SEP]. Training, predict,
@@ -62,6 +63,8 @@ class TrainConfig:
     label_column: str | None = None
     reader: str | None = None  # "package.module:ClassName" plug-in
     val_fraction: float = 0.1
+    multi_label: bool = False  # also on by itself when the JSON Lines labels are lists
+    label_separator: str = "|"  # multi-label CSV: the label cell's labels joined by this
     # model
     model: str = DEFAULT_MODEL
     freeze_encoder: bool = False
@@ -113,6 +116,13 @@ class TrainConfig:
         if self.class_weights not in CLASS_WEIGHT_MODES:
             raise ConfigError(
                 f"--class-weights must be one of {', '.join(CLASS_WEIGHT_MODES)}, not '{self.class_weights}'."
+            )
+        if not isinstance(self.label_separator, str) or not self.label_separator or "\n" in self.label_separator:
+            raise ConfigError(f"--label-separator must be a non-empty string on one line, not {self.label_separator!r}.")
+        if self.label_separator != "|" and not self.multi_label:
+            raise ConfigError(
+                f"--label-separator {self.label_separator!r} applies to multi-label CSV data only; add --multi-label, "
+                "or drop --label-separator."
             )
         _positive_int("--epochs", self.epochs)
         _positive_int("--batch-size", self.batch_size)

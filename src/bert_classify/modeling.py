@@ -100,8 +100,14 @@ def load_tokenizer(model_name_or_path: str) -> Any:
     return tokenizer
 
 
-def load_for_training(model_name_or_path: str, class_names: Sequence[str], freeze_encoder: bool = False) -> Any:
-    """A sequence-classification model with a fresh head of len(class_names) outputs."""
+def load_for_training(
+    model_name_or_path: str, class_names: Sequence[str], freeze_encoder: bool = False, multi_label: bool = False
+) -> Any:
+    """A sequence-classification model with a fresh head of len(class_names) outputs.
+
+    `multi_label` sets config.problem_type "multi_label_classification" (sigmoid per label, BCE), which
+    plain transformers and our inference read; otherwise "single_label_classification" (softmax).
+    """
     _quiet_transformers()
     from transformers import AutoModelForSequenceClassification
 
@@ -113,7 +119,7 @@ def load_for_training(model_name_or_path: str, class_names: Sequence[str], freez
         id2label=id2label,
         label2id=label2id,
         ignore_mismatched_sizes=True,
-        problem_type="single_label_classification",
+        problem_type="multi_label_classification" if multi_label else "single_label_classification",
         use_safetensors=True,  # never unpickle: a Hub model without safetensors is refused
     )
     if freeze_encoder:
