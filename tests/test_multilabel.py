@@ -306,3 +306,25 @@ def test_token_cache_is_keyed_by_multi_label_mode(tmp_path: Path, tiny_model_dir
     # the second run of the multi-label command maps its entry (verified) instead of rebuilding
     assert main([*common, "--output-dir", str(tmp_path / "multi"), "--multi-label"]) == 0
     assert len(list(cache.glob("*/meta.json"))) == 2
+
+
+def test_plugin_readers_may_yield_label_lists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "multi_reader_plugin.py").write_text(
+        "class Reader:\n"
+        "    class_names = ['x', 'y', 'z']\n"
+        "    def __init__(self, path):\n"
+        "        self.path = path\n"
+        "    def records(self):\n"
+        "        yield 'first', ['x', 2]\n"
+        "        yield 'second', []\n"
+        "        yield 'third', 'y' if self.path == 'mixed' else ['y']\n",
+        encoding="utf-8",
+    )
+    data = load_labeled_data("data", reader="multi_reader_plugin:Reader")
+    assert data.multi_label and data.labels == [[0, 2], [], [1]]
+    with pytest.raises(DataError, match=r"record 3: a single label among list labels \(record 1 yields a list\)"):
+        load_labeled_data("mixed", reader="multi_reader_plugin:Reader")
+    assert load_labeled_data("mixed", reader="multi_reader_plugin:Reader", multi_label=True).labels == [[0, 2], [], [1]]
+    with pytest.raises(DataError, match="record 1: a list of labels, but the labels are read as single-label"):
+        load_labeled_data("data", reader="multi_reader_plugin:Reader", multi_label=False)

@@ -72,7 +72,9 @@ def load_labeled_data(
             )
         from bert_classify.data.plugins import read_with_plugin
 
-        return read_with_plugin(reader, None if path is None else os.fspath(path), class_names=names)
+        return read_with_plugin(
+            reader, None if path is None else os.fspath(path), class_names=names, multi_label=multi_label
+        )
     if path is None:
         raise DataError("no data file given: name a file (--train/--val/--data) or a plug-in with --reader.")
     path = os.fspath(path)
