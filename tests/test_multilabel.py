@@ -178,6 +178,7 @@ def trained(multilabel_data: Path, tiny_model_dir: Path, tmp_path_factory: pytes
 def test_training_detects_list_labels_and_saves_problem_type_and_thresholds(trained: tuple[Path, str]) -> None:
     output, printed = trained
     assert "multi-label classification (detected: the labels in" in printed
+    assert "done: " in printed and "subset accuracy" in printed
     assert "positive weights per label (balanced)" in printed
     config = json.loads((output / "config.json").read_text())
     assert config["problem_type"] == "multi_label_classification"
