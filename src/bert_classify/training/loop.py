@@ -407,7 +407,7 @@ class Trainer:
             )
             counts[:-3] += by_threshold.flatten().double()
             counts[-3] += (predicted[half] == truth).all(dim=1).sum().double()
-            counts[-2] += self._loss_sum(logits, labels).double()
+            counts[-2] += self._loss_sum(logits, labels, weighted=False).double()
             counts[-1] += len(labels)
         all_reduce_sum(self.context, counts)
         grid_counts = counts[:-3].reshape(len(THRESHOLD_GRID), classes, 3).cpu().numpy()
@@ -624,13 +624,14 @@ class Trainer:
                 result.padded_tokens_this_run += int(batch[1].numel())
             self.faults.after_micro_step()
 
-    def _loss_sum(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _loss_sum(self, logits: torch.Tensor, labels: torch.Tensor, *, weighted: bool = True) -> torch.Tensor:
         """The batch's summed loss: cross-entropy, or for multi-label binary cross-entropy averaged over labels
-        (per example, as transformers' BCEWithLogitsLoss; --class-weights balanced: a pos_weight per label)."""
+        (per example, as transformers' BCEWithLogitsLoss; --class-weights balanced: a pos_weight per label,
+        left out of the validation loss as the class weights are)."""
         if not self.multi_label:
             return F.cross_entropy(logits, labels, weight=self.class_weights, reduction="sum")
         per_label = F.binary_cross_entropy_with_logits(
-            logits, labels.to(logits.dtype), pos_weight=self.class_weights, reduction="sum"
+            logits, labels.to(logits.dtype), pos_weight=self.class_weights if weighted else None, reduction="sum"
         )
         return per_label / logits.shape[-1]
 
