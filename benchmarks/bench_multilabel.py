@@ -79,6 +79,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-seq-len", type=int, default=256)
+    parser.add_argument("--learning-rate", type=float, default=None, help="default: auto (2e-4 for MiniLM)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--model", type=Path, default=MODEL_DIR)
     parser.add_argument("--name", default="multilabel")
@@ -86,10 +88,14 @@ def main() -> None:
     if not (args.model / "config.json").exists() or not (DATA_DIR / "train.csv").exists():
         sys.exit(f"needs the shared model and data under {SHARED}")
 
+    import torch
+
     from bert_classify.config import TrainConfig
     from bert_classify.evaluation import evaluate_model
     from bert_classify.training.loop import train
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     class_names = (DATA_DIR / "classes.txt").read_text(encoding="utf-8").split()
     rng = random.Random(args.seed)
     train_rows, test_rows = read_rows(DATA_DIR / "train.csv"), read_rows(DATA_DIR / "test.csv")
@@ -104,6 +110,7 @@ def main() -> None:
             train=str(write_jsonl(work / "train.jsonl", train_docs)), val=str(write_jsonl(work / "val.jsonl", val_docs)),
             model=str(args.model), output_dir=str(work / "model"), epochs=args.epochs, batch_size=args.batch_size,
             max_seq_len=args.max_seq_len, seed=args.seed, log_every_steps=25, checkpoint_every_minutes=None,
+            learning_rate=args.learning_rate,
         )  # fmt: skip
         started = time.perf_counter()
         result = train(config)

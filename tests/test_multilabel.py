@@ -329,3 +329,15 @@ def test_plugin_readers_may_yield_label_lists(tmp_path: Path, monkeypatch: pytes
     assert load_labeled_data("mixed", reader="multi_reader_plugin:Reader", multi_label=True).labels == [[0, 2], [], [1]]
     with pytest.raises(DataError, match="record 1: a list of labels, but the labels are read as single-label"):
         load_labeled_data("data", reader="multi_reader_plugin:Reader", multi_label=False)
+
+
+def test_the_fresh_head_starts_at_the_label_prior(tiny_model_dir: Path) -> None:
+    import torch
+
+    from bert_classify.modeling import load_for_training, set_output_bias_to_label_prior
+
+    model = load_for_training(str(tiny_model_dir), ["a", "b", "c"], multi_label=True)
+    assert model.config.problem_type == "multi_label_classification"
+    assert set_output_bias_to_label_prior(model, [0.5, 0.1, 0.0])
+    expected = torch.tensor([0.0, np.log(0.1 / 0.9), np.log(1e-4 / (1 - 1e-4))], dtype=torch.float32)
+    assert torch.allclose(model.classifier.bias, expected, atol=1e-5)

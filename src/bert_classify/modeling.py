@@ -127,6 +127,28 @@ def load_for_training(
     return model
 
 
+def set_output_bias_to_label_prior(model: Any, positive_fraction: Sequence[float]) -> bool:
+    """Multi-label: start each output's bias at the log-odds of its label's share of training examples.
+
+    A fresh head starts every sigmoid near 0.5, while most labels are absent from most examples; the
+    first steps then push all logits down, through the encoder too, which can flatten what the
+    encoder tells apart (on our DBpedia documents, MiniLM at its learning rate collapsed to predicting
+    the label frequencies). Starting at the prior (as RetinaNet does for its rare classes) leaves only
+    the informative part of the gradient. Returns False when the head has no bias of the right size.
+    """
+    import torch
+
+    shares = torch.tensor(list(positive_fraction), dtype=torch.float64).clamp(1e-4, 1 - 1e-4)
+    head = set(classification_head_parameter_names(model))
+    parameters = dict(model.named_parameters())
+    biases = [name for name in parameters if name in head and name.endswith("bias") and parameters[name].shape == shares.shape]
+    if not biases:
+        return False
+    with torch.no_grad():
+        parameters[biases[-1]].copy_(torch.log(shares / (1 - shares)).to(parameters[biases[-1]].dtype))
+    return True
+
+
 def classification_head_parameter_names(model: Any) -> list[str]:
     """Names of the parameters outside the pretrained encoder (the classification head)."""
     base_prefix = getattr(model, "base_model_prefix", "")

@@ -243,6 +243,8 @@ class Trainer:
         model = modeling.load_for_training(
             self.config.model, self.class_names, self.config.freeze_encoder, multi_label=self.multi_label
         )
+        if self.multi_label and len(self.train_labels):
+            modeling.set_output_bias_to_label_prior(model, np.asarray(self.train_labels, dtype=np.float64).mean(axis=0))
         self.model = model.to(self.context.device)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         if self.context.enabled:
