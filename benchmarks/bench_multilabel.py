@@ -81,6 +81,10 @@ def main() -> None:
     parser.add_argument("--max-seq-len", type=int, default=256)
     parser.add_argument("--learning-rate", type=float, default=None, help="default: auto (2e-4 for MiniLM)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--no-prior-init", action="store_true",
+        help="ablation: leave the fresh head's biases at zero instead of the label prior (patches the library)",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--model", type=Path, default=MODEL_DIR)
     parser.add_argument("--name", default="multilabel")
@@ -94,6 +98,10 @@ def main() -> None:
     from bert_classify.evaluation import evaluate_model
     from bert_classify.training.loop import train
 
+    if args.no_prior_init:
+        from bert_classify import modeling
+
+        modeling.set_output_bias_to_label_prior = lambda *_, **__: False  # type: ignore[assignment]
     if args.threads:
         torch.set_num_threads(args.threads)
     class_names = (DATA_DIR / "classes.txt").read_text(encoding="utf-8").split()
