@@ -341,3 +341,79 @@ def test_the_fresh_head_starts_at_the_label_prior(tiny_model_dir: Path) -> None:
     assert set_output_bias_to_label_prior(model, [0.5, 0.1, 0.0])
     expected = torch.tensor([0.0, np.log(0.1 / 0.9), np.log(1e-4 / (1 - 1e-4))], dtype=torch.float32)
     assert torch.allclose(model.classifier.bias, expected, atol=1e-5)
+
+
+def _multilabel_config(data: Path, model: Path, run: Path, **overrides: object) -> TrainConfig:
+    values: dict[str, object] = dict(
+        train=str(data / "train.jsonl"), val=str(data / "val.jsonl"), model=str(model), output_dir=str(run / "model"),
+        epochs=2, batch_size=8, learning_rate=3e-3, warmup_ratio=0.0, eval_every_steps=4, log_every_steps=4,
+        precision="fp32", checkpoint_every_minutes=None,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)  # type: ignore[arg-type]
+
+
+def test_sigterm_then_resume_gives_the_uninterrupted_weights_and_thresholds(
+    multilabel_data: Path, tiny_model_no_dropout_dir: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    from bert_classify.training.faults import FaultPlan
+    from bert_classify.training.loop import train
+
+    reference = train(_multilabel_config(multilabel_data, tiny_model_no_dropout_dir, tmp_path / "reference"))
+    run = tmp_path / "resumed"
+    config = _multilabel_config(multilabel_data, tiny_model_no_dropout_dir, run, checkpoint_dir=str(run / "checkpoints"))
+    stopped = train(config, faults=FaultPlan(sigterm_at_step=10))  # after the evaluations at steps 4 and 8
+    assert stopped.interrupted_by is not None and stopped.global_step == 10
+    resumed = train(config)
+    assert resumed.resumed_from_step == 10 and resumed.global_step == reference.global_step
+    expected, actual = load_file(tmp_path / "reference/model/model.safetensors"), load_file(run / "model/model.safetensors")
+    for key in expected:
+        assert np.allclose(actual[key].numpy(), expected[key].numpy(), atol=1e-6), key
+    saved = [json.loads((directory / "model/config.json").read_text())["label_thresholds"] for directory in (tmp_path / "reference", run)]
+    assert saved[0] == saved[1]
+    assert resumed.metrics is not None and reference.metrics is not None
+    assert resumed.metrics["micro_f1"] == pytest.approx(reference.metrics["micro_f1"])
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_with_accumulation(
+    multilabel_data: Path, tiny_model_no_dropout_dir: Path, tmp_path: Path
+) -> None:
+    """The multi-label loss is normalised by the step's examples and the validation counts are summed over ranks."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    def run(name: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        config = _multilabel_config(multilabel_data, tiny_model_no_dropout_dir, tmp_path / name, epochs=1)
+        args = [
+            "train", "--train", str(config.train), "--val", str(config.val), "--model", str(config.model),
+            "--output-dir", str(config.output_dir), "--epochs", "1", "--learning-rate", "3e-3", "--warmup-ratio", "0",
+            "--precision", "fp32", "--batch-size", "4", *extra,
+        ]
+        environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.run([sys.executable, "-m", "bert_classify", *args], capture_output=True, text=True, timeout=300, env=environment)
+
+    single = run("single", "--grad-accum-steps", "2")
+    assert single.returncode == 0, single.stderr
+    double = run("double", "--nproc", "2")
+    assert double.returncode == 0, double.stderr
+    assert "world size 2" in double.stdout
+    expected, actual = load_file(tmp_path / "single/model/model.safetensors"), load_file(tmp_path / "double/model/model.safetensors")
+    for key in expected:
+        assert np.allclose(actual[key].numpy(), expected[key].numpy(), rtol=1e-4, atol=1e-5), key
+    metrics = [json.loads((tmp_path / name / "model/metrics.json").read_text()) for name in ("single", "double")]
+    assert metrics[0]["num_examples"] == metrics[1]["num_examples"] == 40
+    assert metrics[0]["label_thresholds"] == metrics[1]["label_thresholds"]
+    assert metrics[0]["micro_f1"] == pytest.approx(metrics[1]["micro_f1"])
+
+
+def test_balanced_class_weights_are_a_pos_weight_per_label() -> None:
+    from bert_classify.training.class_balance import multilabel_pos_weights
+
+    weights = multilabel_pos_weights(np.array([10, 50, 0, 100]), examples=100)
+    assert weights.tolist() == [9.0, 1.0, 1.0, 0.0]  # negatives / positives; 1 without positives
