@@ -195,6 +195,17 @@ def test_training_detects_list_labels_and_saves_problem_type_and_thresholds(trai
     assert plain.config.problem_type == "multi_label_classification"
     assert plain.config.label_thresholds == config["label_thresholds"]
 
+    from transformers import pipeline
+
+    from bert_classify.inference.predictor import Classifier
+
+    text = "species genus habitat album songs"
+    scores = {item["label"]: item["score"] for item in pipeline("text-classification", model=str(output), top_k=None)([text])[0]}
+    classifier = Classifier.from_pretrained(output, precision="fp32")
+    ours = dict(zip(classifier.class_names, classifier.predict_proba([text])[0].tolist()))
+    assert scores == pytest.approx(ours, abs=1e-5)  # sigmoid per label in plain transformers too
+    assert sum(scores.values()) != pytest.approx(1.0, abs=1e-3)
+
 
 def test_evaluate_reports_multi_label_metrics_on_a_csv(
     trained: tuple[Path, str], multilabel_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
