@@ -190,6 +190,24 @@ def _return_freed_memory() -> None:
 
 
 # --------------------------------------------------------------------------------- entry on disk
+def _label_array(data: LabeledData) -> np.ndarray:
+    """int64 label ids, or for multi-label data the N x C uint8 multi-hot rows."""
+    if not data.multi_label:
+        return np.asarray(data.labels, dtype=np.int64)
+    rows = np.zeros((len(data.labels), len(data.class_names)), dtype=np.uint8)
+    for row, ids in enumerate(data.labels):
+        rows[row, ids] = 1
+    return rows
+
+
+def _multi_hot_rows(flat: np.ndarray, class_count: int, split: str) -> np.ndarray:
+    if flat.dtype != np.uint8 or len(flat) % class_count:
+        raise CacheDamaged(f"{split} multi-hot labels do not fit {class_count} classes")
+    if len(flat) and flat.max() > 1:
+        raise CacheDamaged(f"{split} multi-hot labels hold values other than 0 and 1")
+    return flat.reshape(-1, class_count)
+
+
 def _write_entry(
     directory: Path, read: Callable[[], tuple[LabeledData, LabeledData]], tokenizer: Any, max_length: int,
     key: str, key_inputs: dict[str, Any],
@@ -263,24 +281,6 @@ def _map_entry(directory: Path, key: str | None, verify: bool = True) -> TokenDa
         train=splits["train"], val=splits["val"], class_names=list(meta["class_names"]),
         digests=dict(meta["digests"]), path=directory, built=False, multi_label=multi_label,
     )
-
-
-def _label_array(data: LabeledData) -> np.ndarray:
-    """int64 label ids, or for multi-label data the N x C uint8 multi-hot rows."""
-    if not data.multi_label:
-        return np.asarray(data.labels, dtype=np.int64)
-    rows = np.zeros((len(data.labels), len(data.class_names)), dtype=np.uint8)
-    for row, ids in enumerate(data.labels):
-        rows[row, ids] = 1
-    return rows
-
-
-def _multi_hot_rows(flat: np.ndarray, class_count: int, split: str) -> np.ndarray:
-    if flat.dtype != np.uint8 or len(flat) % class_count:
-        raise CacheDamaged(f"{split} multi-hot labels do not fit {class_count} classes")
-    if len(flat) and flat.max() > 1:
-        raise CacheDamaged(f"{split} multi-hot labels hold values other than 0 and 1")
-    return flat.reshape(-1, class_count)
 
 
 @contextmanager
