@@ -117,13 +117,6 @@ class TrainConfig:
             raise ConfigError(
                 f"--class-weights must be one of {', '.join(CLASS_WEIGHT_MODES)}, not '{self.class_weights}'."
             )
-        if not isinstance(self.label_separator, str) or not self.label_separator or "\n" in self.label_separator:
-            raise ConfigError(f"--label-separator must be a non-empty string on one line, not {self.label_separator!r}.")
-        if self.label_separator != "|" and not self.multi_label:
-            raise ConfigError(
-                f"--label-separator {self.label_separator!r} applies to multi-label CSV data only; add --multi-label, "
-                "or drop --label-separator."
-            )
         _positive_int("--epochs", self.epochs)
         _positive_int("--batch-size", self.batch_size)
         _positive_int("--grad-accum-steps", self.grad_accum_steps)
@@ -166,6 +159,13 @@ class TrainConfig:
         if not self.val and not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(
                 f"--val-fraction must be between 0 and 1 (exclusive) when no --val file is given, not {self.val_fraction}."
+            )
+        if not isinstance(self.label_separator, str) or not self.label_separator or "\n" in self.label_separator:
+            raise ConfigError(f"--label-separator must be a non-empty string on one line, not {self.label_separator!r}.")
+        if self.label_separator != "|" and not self.multi_label:
+            raise ConfigError(
+                f"--label-separator {self.label_separator!r} applies to multi-label CSV data only; add --multi-label, "
+                "or drop --label-separator."
             )
         if self.early_stopping_patience is not None and not self.val and self.val_fraction <= 0:
             raise ConfigError("--early-stopping-patience needs validation data: give --val or --val-fraction.")

@@ -375,6 +375,16 @@ def evaluate_model(
     return metrics
 
 
+def _check_same_classes(given: list[str], model: list[str], classes_path: str, model_dir: str) -> None:
+    if given == model:
+        return
+    raise DataError(
+        f"{classes_path}: the classes differ from the model's labels in {model_dir}/config.json (file vs model: "
+        f"{describe_class_differences(given, model, position='line', start=1)}). Drop --classes to use the model's "
+        "labels, or give the classes file the model was trained with."
+    )
+
+
 def _evaluate_multilabel(classifier: Any, data: Any, output: Path, batch_size: int, model_dir: str) -> dict[str, Any]:
     classes = list(classifier.class_names)
     targets = np.zeros((len(data.labels), len(classes)), dtype=bool)
@@ -397,13 +407,3 @@ def _evaluate_multilabel(classifier: Any, data: Any, output: Path, batch_size: i
         title=f"micro F1 {metrics['micro_f1']:.4f}, macro F1 {metrics['macro_f1']:.4f} (n={metrics['num_examples']})",
     )
     return metrics
-
-
-def _check_same_classes(given: list[str], model: list[str], classes_path: str, model_dir: str) -> None:
-    if given == model:
-        return
-    raise DataError(
-        f"{classes_path}: the classes differ from the model's labels in {model_dir}/config.json (file vs model: "
-        f"{describe_class_differences(given, model, position='line', start=1)}). Drop --classes to use the model's "
-        "labels, or give the classes file the model was trained with."
-    )

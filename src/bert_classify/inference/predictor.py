@@ -269,24 +269,6 @@ class Classifier:
             raise ConfigError(f"--top-k {top_k}: must be a whole number of at least 1.")
         return self.format_predictions(self.predict_proba(texts, batch_size=batch_size), top_k)
 
-    def format_predictions(self, probabilities: np.ndarray, top_k: int = 1) -> list[dict[str, Any]]:
-        """Turn rows of probabilities into prediction dicts (shared with the server's batcher)."""
-        top_k = min(top_k, len(self.class_names))
-        ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
-        if self.multi_label:
-            return self._format_multilabel(probabilities, ranked, top_k)
-        results = []
-        for row, indices in zip(probabilities, ranked):
-            best = int(indices[0])
-            prediction: dict[str, Any] = {"label": self.class_names[best], "score": float(row[best])}
-            if top_k > 1:
-                prediction["top_k"] = [
-                    {"label": self.class_names[int(index)], "score": float(row[int(index)])} for index in indices
-                ]
-            results.append(prediction)
-        return results
-
-
     def _format_multilabel(self, probabilities: np.ndarray, ranked: np.ndarray, top_k: int) -> list[dict[str, Any]]:
         """`{"labels", "scores"}` per row: the labels at or above their thresholds, highest score first."""
         results = []
@@ -303,22 +285,22 @@ class Classifier:
             results.append(prediction)
         return results
 
-
-def _label_thresholds(model_config: Any, class_names: Sequence[str]) -> list[float]:
-    """Per-label thresholds from config.json's `label_thresholds` ({name: threshold}); 0.5 for labels it lacks."""
-    saved = getattr(model_config, "label_thresholds", None)
-    if not isinstance(saved, dict):
-        return [0.5] * len(class_names)
-    thresholds = []
-    for name in class_names:
-        value = saved.get(name, 0.5)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-            raise ConfigError(
-                f"--model: config.json label_thresholds['{name}'] is {value!r}; each threshold must be a number "
-                "from 0 to 1 (fix or remove it: 0.5 is used where absent)."
-            )
-        thresholds.append(float(value))
-    return thresholds
+    def format_predictions(self, probabilities: np.ndarray, top_k: int = 1) -> list[dict[str, Any]]:
+        """Turn rows of probabilities into prediction dicts (shared with the server's batcher)."""
+        top_k = min(top_k, len(self.class_names))
+        ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
+        if self.multi_label:
+            return self._format_multilabel(probabilities, ranked, top_k)
+        results = []
+        for row, indices in zip(probabilities, ranked):
+            best = int(indices[0])
+            prediction: dict[str, Any] = {"label": self.class_names[best], "score": float(row[best])}
+            if top_k > 1:
+                prediction["top_k"] = [
+                    {"label": self.class_names[int(index)], "score": float(row[int(index)])} for index in indices
+                ]
+            results.append(prediction)
+        return results
 
 
 def _load_torch_model(path: Path, device: str) -> Any:
@@ -373,3 +355,20 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
+
+
+def _label_thresholds(model_config: Any, class_names: Sequence[str]) -> list[float]:
+    """Per-label thresholds from config.json's `label_thresholds` ({name: threshold}); 0.5 for labels it lacks."""
+    saved = getattr(model_config, "label_thresholds", None)
+    if not isinstance(saved, dict):
+        return [0.5] * len(class_names)
+    thresholds = []
+    for name in class_names:
+        value = saved.get(name, 0.5)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+            raise ConfigError(
+                f"--model: config.json label_thresholds['{name}'] is {value!r}; each threshold must be a number "
+                "from 0 to 1 (fix or remove it: 0.5 is used where absent)."
+            )
+        thresholds.append(float(value))
+    return thresholds
