@@ -322,8 +322,8 @@ def evaluate_model(
     batch_size: int = 64,
     max_seq_len: int | None = None,
     reader: str | None = None,
-    precision: str = "auto",
     label_separator: str = "|",
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Run a saved model over labelled data; write metrics.json, report.txt and confusion_matrix.png.
 

@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_seq_len=args.max_seq_len,
         reader=args.reader,
-        precision=args.precision,
         label_separator=args.label_separator,
+        precision=args.precision,
     )
     output = Path(args.output_dir)
     print(f"examples: {metrics['num_examples']}")
