@@ -66,7 +66,8 @@ def test_every_valued_option_reaches_the_container_config(option: TrainOption, t
     text = option.choices[-1] if option.choices else SAMPLE_VALUES[option.parse]
     if option.flag == "reader":
         pytest.skip("a plug-in reader is imported by train; its value is checked there")
-    hyperparameters = normalise_hyperparameters({option.flag: text})
+    needs = {"multi-label": True} if option.flag == "label-separator" else {}  # refused without --multi-label
+    hyperparameters = normalise_hyperparameters({option.flag: text, **needs})
     config = container_config(hyperparameters, tmp_path)
     assert getattr(config, option.field) == (option.parse(text) if option.parse else text)
 

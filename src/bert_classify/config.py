@@ -19,7 +19,8 @@ from typing import Any
 from bert_classify.errors import ConfigError
 from bert_classify.precision import PRECISIONS
 
-BEST_METRICS = ("macro_f1", "accuracy", "loss")
+# micro_f1 equals accuracy for single-label data; for multi-label data accuracy is subset (exact-match) accuracy.
+BEST_METRICS = ("macro_f1", "micro_f1", "accuracy", "loss")
 DATA_FORMATS = ("auto", "dbpedia", "csv", "jsonl")
 DEFAULT_MODEL = "bert-base-uncased"
 # The shortest input worth classifying: [CLS], one token of text, [SEP]. Training, predict,
@@ -62,6 +63,8 @@ class TrainConfig:
     label_column: str | None = None
     reader: str | None = None  # "package.module:ClassName" plug-in
     val_fraction: float = 0.1
+    multi_label: bool = False  # also on by itself when the JSON Lines labels are lists
+    label_separator: str = "|"  # multi-label CSV: the label cell's labels joined by this
     # model
     model: str = DEFAULT_MODEL
     freeze_encoder: bool = False
@@ -157,6 +160,13 @@ class TrainConfig:
         if not self.val and not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(
                 f"--val-fraction must be between 0 and 1 (exclusive) when no --val file is given, not {self.val_fraction}."
+            )
+        if not isinstance(self.label_separator, str) or not self.label_separator or "\n" in self.label_separator:
+            raise ConfigError(f"--label-separator must be a non-empty string on one line, not {self.label_separator!r}.")
+        if self.label_separator != "|" and not self.multi_label:
+            raise ConfigError(
+                f"--label-separator {self.label_separator!r} applies to multi-label CSV data only; add --multi-label, "
+                "or drop --label-separator."
             )
         if self.early_stopping_patience is not None and not self.val and self.val_fraction <= 0:
             raise ConfigError("--early-stopping-patience needs validation data: give --val or --val-fraction.")

@@ -100,8 +100,14 @@ def load_tokenizer(model_name_or_path: str) -> Any:
     return tokenizer
 
 
-def load_for_training(model_name_or_path: str, class_names: Sequence[str], freeze_encoder: bool = False) -> Any:
-    """A sequence-classification model with a fresh head of len(class_names) outputs."""
+def load_for_training(
+    model_name_or_path: str, class_names: Sequence[str], freeze_encoder: bool = False, multi_label: bool = False
+) -> Any:
+    """A sequence-classification model with a fresh head of len(class_names) outputs.
+
+    `multi_label` sets config.problem_type "multi_label_classification" (sigmoid per label, BCE), which
+    plain transformers and our inference read; otherwise "single_label_classification" (softmax).
+    """
     _quiet_transformers()
     from transformers import AutoModelForSequenceClassification
 
@@ -113,12 +119,34 @@ def load_for_training(model_name_or_path: str, class_names: Sequence[str], freez
         id2label=id2label,
         label2id=label2id,
         ignore_mismatched_sizes=True,
-        problem_type="single_label_classification",
+        problem_type="multi_label_classification" if multi_label else "single_label_classification",
         use_safetensors=True,  # never unpickle: a Hub model without safetensors is refused
     )
     if freeze_encoder:
         freeze_all_but_head(model)
     return model
+
+
+def set_output_bias_to_label_prior(model: Any, positive_fraction: Sequence[float]) -> bool:
+    """Multi-label: start each output's bias at the log-odds of its label's share of training examples.
+
+    A fresh head starts every sigmoid near 0.5, while most labels are absent from most examples; the
+    first steps then push all logits down, through the encoder too, which can flatten what the
+    encoder tells apart (on our DBpedia documents, MiniLM at its learning rate collapsed to predicting
+    the label frequencies). Starting at the prior (as RetinaNet does for its rare classes) leaves only
+    the informative part of the gradient. Returns False when the head has no bias of the right size.
+    """
+    import torch
+
+    shares = torch.tensor(list(positive_fraction), dtype=torch.float64).clamp(1e-4, 1 - 1e-4)
+    head = set(classification_head_parameter_names(model))
+    parameters = dict(model.named_parameters())
+    biases = [name for name in parameters if name in head and name.endswith("bias") and parameters[name].shape == shares.shape]
+    if not biases:
+        return False
+    with torch.no_grad():
+        parameters[biases[-1]].copy_(torch.log(shares / (1 - shares)).to(parameters[biases[-1]].dtype))
+    return True
 
 
 def classification_head_parameter_names(model: Any) -> list[str]:

@@ -77,6 +77,15 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
     TrainOption("label-column", "label_column", "data", "label field for CSV-with-header / JSON Lines (default: label)"),
     TrainOption("reader", "reader", "data", "plug-in reader 'package.module:ClassName' yielding (text, label) records"),
     TrainOption("val-fraction", "val_fraction", "data", "fraction split off --train when no --val (default: 0.1)", float),
+    TrainOption(
+        "multi-label", "multi_label", "data",
+        "each example has a list of labels (sigmoid outputs, per-label thresholds); on by itself when the JSON Lines "
+        "labels are JSON lists", None, switch=True,
+    ),  # fmt: skip
+    TrainOption(
+        "label-separator", "label_separator", "data",
+        "multi-label CSV: the labels in one label cell are joined by this (default: '|', e.g. 'sports|politics')",
+    ),  # fmt: skip
     # model
     TrainOption("model", "model", "model", f"Hugging Face id or local directory (default: {DEFAULT_MODEL})", launcher_owned=True),
     TrainOption("freeze-encoder", "freeze_encoder", "model", "train only the classification head", None, switch=True),

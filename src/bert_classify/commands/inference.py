@@ -83,7 +83,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "predict",
         help="classify texts from a file or standard input",
         description="Classify texts; writes one JSON line per input text, in input order: "
-        '{"label": ..., "score": ...} (with "top_k": [...] when --top-k > 1).',
+        '{"label": ..., "score": ...} (with "top_k": [...] when --top-k > 1); for a multi-label model '
+        '{"labels": [...], "scores": {label: score}}: every label at or above its saved threshold.',
     )
     _add_model_options(predict)
     predict.add_argument("--input", required=True, help="texts to classify: a file, or '-' for standard input")

@@ -63,6 +63,12 @@ def run(args: argparse.Namespace) -> int:
     if result.interrupted_by is not None:
         return exit_code_for(result.interrupted_by)
     metrics = result.metrics or {}
+    if metrics.get("multi_label"):
+        print(
+            f"done: {result.global_step} steps; val micro-F1 {metrics['micro_f1']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
+            f"subset accuracy {metrics['subset_accuracy']:.4f} (at 0.5; per-label thresholds saved); model in {result.output_dir}"
+        )
+        return 0
     print(
         f"done: {result.global_step} steps; val accuracy {metrics.get('accuracy', float('nan')):.4f}, "
         f"macro-F1 {metrics.get('macro_f1', float('nan')):.4f}; model in {result.output_dir}"

@@ -10,18 +10,24 @@ import itertools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from bert_classify.errors import DataError
 
 
 @dataclass
 class LabeledData:
-    """Texts with 0-based label ids into `class_names`; `source` names the file or plug-in in messages."""
+    """Texts with 0-based label ids into `class_names`; `source` names the file or plug-in in messages.
+
+    Single-label data: `labels[i]` is one id. Multi-label data (`multi_label` True): `labels[i]` is a
+    sorted list of distinct ids (possibly empty: none of the classes applies).
+    """
 
     texts: list[str]
-    labels: list[int]
+    labels: list[Any]  # list[int], or list[list[int]] when multi_label
     class_names: list[str]
     source: str = field(default="<memory>")
+    multi_label: bool = False
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -151,6 +157,41 @@ def labels_to_ids(
     return ids, names
 
 
+def label_sets_to_ids(
+    label_sets: Sequence[Sequence[str | int]],
+    class_names: Sequence[str] | None,
+    where: Callable[[int], str],
+    *,
+    index_base: int = 0,
+    fix: str,
+) -> tuple[list[list[int]], list[str]]:
+    """`labels_to_ids` for multi-label data: each example's list of labels becomes a sorted list of ids.
+
+    The same rules per label (names, or indices from `index_base`); without `class_names` the classes
+    are every label seen in any list. A label twice in one example's list raises DataError.
+    """
+    flat: list[str | int] = []
+    owner: list[int] = []
+    for position, labels in enumerate(label_sets):
+        flat.extend(labels)
+        owner.extend([position] * len(labels))
+    if not flat and class_names is None:
+        raise DataError(
+            f"{where(0)}: every example has an empty label list, so there are no classes to learn; "
+            "give each example at least one label somewhere, or name the classes with --classes."
+        )
+    ids, names = labels_to_ids(flat, class_names, lambda index: where(owner[index]), index_base=index_base, fix=fix)
+    sets: list[list[int]] = [[] for _ in label_sets]
+    for index, label_id in zip(owner, ids):
+        if label_id in sets[index]:
+            raise DataError(
+                f"{where(index)}: label '{clip(names[label_id])}' appears twice in the example's label list; "
+                "list each label once."
+            )
+        sets[index].append(label_id)
+    return [sorted(labels) for labels in sets], names
+
+
 def _contiguous_indices(
     indices: list[int], where: Callable[[int], str], index_base: int, fix: str
 ) -> tuple[list[int], list[str]]:
@@ -193,7 +234,7 @@ def unicode_problem(text: str) -> str | None:
 
 def unused_classes(data: LabeledData) -> list[str]:
     """Class names that no example of `data` carries (listed in classes.txt, absent from the file)."""
-    used = set(data.labels)
+    used = {label for labels in data.labels for label in labels} if data.multi_label else set(data.labels)
     return [name for index, name in enumerate(data.class_names) if index not in used]
 
 

@@ -17,6 +17,7 @@ from bert_classify.data.labels import (
     LabeledData,
     check_class_names,
     describe_class_differences,
+    label_sets_to_ids,
     labels_to_ids,
     unicode_problem,
 )
@@ -30,7 +31,8 @@ class RecordReader(Protocol):
     - `ClassName(path)`: constructed with the data path given on the command line (`--train`,
       `--val`, `--data`), or None when none was given (a reader that fetches its own data).
     - `records()`: yields `(text, label)` pairs. `text` is a non-empty str; `label` is a class name
-      (str) or a 0-based class id (int) into `class_names`. A plain `__iter__` yielding the same
+      (str) or a 0-based class id (int) into `class_names`, or for multi-label data a list of them
+      (every record a list, or `train --multi-label`; an empty list: none of the classes). A plain `__iter__` yielding the same
       pairs is accepted instead of `records()`.
     - `class_names` (optional attribute or property, list[str]): the label map, id i = class_names[i].
       Read after `records()` is exhausted, so it may be filled while reading. Without it the
@@ -43,14 +45,20 @@ class RecordReader(Protocol):
     def records(self) -> Iterable[tuple[str, str | int]]: ...
 
 
-def read_with_plugin(spec: str, path: str | None, *, class_names: list[str] | None = None) -> LabeledData:
-    """Run the plug-in `spec` ('package.module:ClassName') on `path` and validate what it yields."""
+def read_with_plugin(
+    spec: str, path: str | None, *, class_names: list[str] | None = None, multi_label: bool | None = None
+) -> LabeledData:
+    """Run the plug-in `spec` ('package.module:ClassName') on `path` and validate what it yields.
+
+    `multi_label` as for `load_labeled_data`: None detects list labels, True reads single labels as
+    lists of one, False refuses list labels.
+    """
     source = f"plug-in {spec}" + (f" on {path}" if path is not None else "")
     reader_class = _import_reader(spec)
     instance = _call(lambda: reader_class(path), spec, f"constructing {spec}({path!r})")
     records = _record_iterator(instance, spec)
     texts: list[str] = []
-    raw_labels: list[str | int] = []
+    raw_labels: list[Any] = []
     number = 0
     while True:
         try:
@@ -70,14 +78,36 @@ def read_with_plugin(spec: str, path: str | None, *, class_names: list[str] | No
     if not texts:
         raise DataError(f"{source}: the plug-in yielded no records; it must yield (text, label) pairs.")
     names = _class_names(instance, spec, source, class_names)
-    labels, names = labels_to_ids(
-        raw_labels,
-        names,
-        lambda position: f"{source}: record {position + 1}",
-        fix="Integer labels are 0-based class ids and text labels class names; fix the plug-in's labels, or give it "
-        "a class_names attribute or pass --classes.",
+    where = lambda position: f"{source}: record {position + 1}"  # noqa: E731
+    fix = (
+        "Integer labels are 0-based class ids and text labels class names; fix the plug-in's labels, or give it "
+        "a class_names attribute or pass --classes."
     )
+    label_sets = _label_sets(raw_labels, source, multi_label)
+    if label_sets is not None:
+        sets, names = label_sets_to_ids(label_sets, names, where, fix=fix)
+        return LabeledData(texts, sets, names, source, multi_label=True)
+    labels, names = labels_to_ids(raw_labels, names, where, fix=fix)
     return LabeledData(texts, labels, names, source)
+
+
+def _label_sets(raw_labels: list[Any], source: str, multi_label: bool | None) -> list[list[str | int]] | None:
+    """The labels as lists when the data is multi-label (forced, or list labels), else None; refuses a mix."""
+    lists = [position for position, label in enumerate(raw_labels) if isinstance(label, list)]
+    if multi_label is False and lists:
+        raise DataError(
+            f"{source}: record {lists[0] + 1}: a list of labels, but the labels are read as single-label here (the "
+            "model or the training data is single-label); yield one label, or train with --multi-label."
+        )
+    if multi_label is False or (multi_label is None and not lists):
+        return None
+    if multi_label is None and len(lists) != len(raw_labels):
+        single = next(position for position, label in enumerate(raw_labels) if not isinstance(label, list))
+        raise DataError(
+            f"{source}: record {single + 1}: a single label among list labels (record {lists[0] + 1} yields a list); "
+            "yield every label as a list, or pass --multi-label to read single labels as lists of one."
+        )
+    return [label if isinstance(label, list) else [label] for label in raw_labels]
 
 
 def _import_reader(spec: str) -> Any:
@@ -149,23 +179,31 @@ def _record_iterator(instance: Any, spec: str) -> Iterator[Any]:
         ) from None
 
 
-def _check_record(record: Any, number: int, source: str) -> tuple[str, str | int]:
+def _check_record(record: Any, number: int, source: str) -> tuple[str, Any]:
     if not isinstance(record, (tuple, list)) or len(record) != 2:
         shape = f"a {type(record).__name__}" + (f" of {len(record)} items" if isinstance(record, (tuple, list)) else "")
         raise DataError(f"{source}: record {number} is {shape}; each record must be a (text, label) pair.")
     text, label = record
     if not isinstance(text, str) or not text.strip():
         raise DataError(f"{source}: record {number}: text must be a non-empty str, not {_short_repr(text)}.")
-    for what, value in (("text", text), ("label", label)):
-        problem = unicode_problem(value) if isinstance(value, str) else None
-        if problem is not None:
-            raise DataError(f"{source}: record {number}: {what}: {problem}")
+    problem = unicode_problem(text)
+    if problem is not None:
+        raise DataError(f"{source}: record {number}: text: {problem}")
+    if isinstance(label, (list, tuple)):
+        return text, [_check_label(item, number, source) for item in label]
+    return text, _check_label(label, number, source)
+
+
+def _check_label(label: Any, number: int, source: str) -> str | int:
+    problem = unicode_problem(label) if isinstance(label, str) else None
+    if problem is not None:
+        raise DataError(f"{source}: record {number}: label: {problem}")
     if isinstance(label, str):
         if not label.strip():
             raise DataError(f"{source}: record {number}: empty label; give a class name or a 0-based class id.")
-        return text, label.strip()
+        return label.strip()
     if isinstance(label, numbers.Integral) and not isinstance(label, bool):
-        return text, int(label)
+        return int(label)
     raise DataError(
         f"{source}: record {number}: label must be a class name (str) or a 0-based class id (int), not {_short_repr(label)}."
     )

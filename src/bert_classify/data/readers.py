@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import IO
+from typing import IO, Any
 
 from bert_classify.config import DATA_FORMATS  # one list of formats, defined with the flags
 from bert_classify.data.labels import (
@@ -20,6 +20,7 @@ from bert_classify.data.labels import (
     check_class_names,
     clip,
     is_integer,
+    label_sets_to_ids,
     labels_to_ids,
     unicode_problem,
 )
@@ -28,6 +29,8 @@ from bert_classify.errors import ConfigError, DataError
 TEXT_FORMATS = (*DATA_FORMATS, "text")
 DEFAULT_TEXT_COLUMN = "text"
 DEFAULT_LABEL_COLUMN = "label"
+# Multi-label CSV: the label cell lists an example's labels joined by this (--label-separator).
+DEFAULT_LABEL_SEPARATOR = "|"
 JSONL_EXTENSIONS = (".jsonl", ".json")
 STDIN_PATH = "-"
 # The csv module's default of 128 KiB per field is shorter than some real documents.
@@ -45,6 +48,8 @@ def load_labeled_data(
     text_column: str | None = None,
     label_column: str | None = None,
     reader: str | None = None,
+    multi_label: bool | None = None,
+    label_separator: str = DEFAULT_LABEL_SEPARATOR,
 ) -> LabeledData:
     """Read and validate labelled examples; labels become 0-based ids into the returned class_names.
 
@@ -52,6 +57,11 @@ def load_labeled_data(
     DBpedia indices 1..K and CSV/JSON Lines names must fall inside it. Without it the classes are
     the distinct labels found (DBpedia: indices 1..K as '1'..'K'; names: sorted, numerically when
     all are integers). `reader='package.module:ClassName'` hands reading to a plug-in.
+
+    `multi_label`: True reads every label as a list (JSON Lines: a JSON list, a single label being a
+    list of one; CSV with a header: the cell split at `label_separator`; an empty list or cell is an
+    example with none of the classes); False refuses list labels; None (auto) is multi-label when
+    the JSON Lines labels are lists. The DBpedia layout is single-label only.
     """
     names = check_class_names(class_names, "class names") if class_names is not None else None
     if reader is not None:
@@ -62,26 +72,42 @@ def load_labeled_data(
             )
         from bert_classify.data.plugins import read_with_plugin
 
-        return read_with_plugin(reader, None if path is None else os.fspath(path), class_names=names)
+        return read_with_plugin(
+            reader, None if path is None else os.fspath(path), class_names=names, multi_label=multi_label
+        )
     if path is None:
         raise DataError("no data file given: name a file (--train/--val/--data) or a plug-in with --reader.")
     path = os.fspath(path)
     _check_format(data_format, DATA_FORMATS)
     if _resolve_by_extension(path, data_format) == "jsonl":
-        texts, raw_labels, lines = _read_jsonl(path, text_column or DEFAULT_TEXT_COLUMN, label_column or DEFAULT_LABEL_COLUMN)
+        texts, raw_labels, lines = _read_jsonl(
+            path, text_column or DEFAULT_TEXT_COLUMN, label_column or DEFAULT_LABEL_COLUMN, allow_lists=multi_label is not False
+        )
+        label_sets = _jsonl_label_sets(raw_labels, lines, path, multi_label)
+        if label_sets is not None:
+            return _labeled_sets(texts, label_sets, lines, names, path)
         return _labeled(texts, raw_labels, lines, names, path)
     with _open_source(path) as handle:
         records = _csv_records(handle, path)
         first = _first_record(records, path)
         layout = _csv_layout(first, data_format, path, text_column, label_column)
+        if layout == "dbpedia" and multi_label:
+            raise ConfigError(
+                f"{path} is in the headerless DBpedia layout, which holds one class index per example; for "
+                "multi-label data use a CSV with a header (labels joined by --label-separator) or JSON Lines "
+                "(a JSON list of labels)."
+            )
         if layout == "dbpedia":
             texts, indices, lines = _read_dbpedia(first, records, path, want_labels=True)
         else:
             texts, raw_labels, lines = _read_header_csv(
-                first, records, path, text_column or DEFAULT_TEXT_COLUMN, label_column or DEFAULT_LABEL_COLUMN
+                first, records, path, text_column or DEFAULT_TEXT_COLUMN, label_column or DEFAULT_LABEL_COLUMN,
+                allow_empty_label=bool(multi_label),
             )
     if layout == "dbpedia":
         return _labeled(texts, indices, lines, names, path, index_base=1)
+    if multi_label:
+        return _labeled_sets(texts, _split_label_cells(raw_labels, lines, path, label_separator), lines, names, path)
     return _labeled(texts, raw_labels, lines, names, path)
 
 
@@ -289,6 +315,8 @@ def _read_header_csv(
     source: str,
     text_column: str,
     label_column: str | None,
+    *,
+    allow_empty_label: bool = False,
 ) -> tuple[list[str], list[str], list[int]]:
     """Texts, label strings and line numbers of a CSV whose first line names the columns."""
     header_line, header = first
@@ -310,7 +338,7 @@ def _read_header_csv(
         texts.append(text)
         if label_index is not None:
             label = row[label_index].strip()
-            if not label:
+            if not label and not allow_empty_label:
                 raise DataError(f"{source}:{line}: empty label in column '{label_column}'; every example needs a label.")
             labels.append(label)
             lines.append(line)
@@ -347,8 +375,13 @@ def _chain_first(first: tuple[int, list[str]], rest: Iterator[tuple[int, list[st
 
 
 # ------------------------------------------------------------------------------ JSON Lines / text
-def _read_jsonl(path: str, text_field: str, label_field: str | None) -> tuple[list[str], list[str], list[int]]:
-    """Texts, label strings (a JSON integer label becomes its decimal string) and line numbers."""
+def _read_jsonl(
+    path: str, text_field: str, label_field: str | None, *, allow_lists: bool = False
+) -> tuple[list[str], list[Any], list[int]]:
+    """Texts, label strings (a JSON integer label becomes its decimal string) and line numbers.
+
+    With `allow_lists` a label may also be a JSON list of such labels (returned as a list of strings).
+    """
     source = "<stdin>" if path == STDIN_PATH else path
     texts: list[str] = []
     labels: list[str] = []
@@ -386,6 +419,10 @@ def _read_jsonl(path: str, text_field: str, label_field: str | None) -> tuple[li
             texts.append(text)
             if label_field is not None:
                 label = _json_field(record, label_field, "--label-column", source, line)
+                if isinstance(label, list):
+                    labels.append(_jsonl_label_list(label, label_field, allow_lists, source, line))
+                    lines.append(line)
+                    continue
                 if isinstance(label, bool) or not isinstance(label, (str, int)) or not str(label).strip():
                     raise DataError(
                         f"{source}:{line}: field '{label_field}' must be a class name (string) or integer, "
@@ -445,6 +482,74 @@ def _labeled(
         raw_labels, class_names, lambda position: f"{source}:{lines[position]}", index_base=index_base, fix=fix
     )
     return LabeledData(texts, labels, names, source)
+
+
+def _labeled_sets(
+    texts: list[str], label_sets: list[list[str]], lines: list[int], class_names: list[str] | None, source: str
+) -> LabeledData:
+    """Lists of label names -> multi-label LabeledData (sorted id lists)."""
+    labels, names = label_sets_to_ids(
+        label_sets, class_names, lambda position: f"{source}:{lines[position]}",
+        fix="Fix the label, or add the class to the classes file.",
+    )
+    return LabeledData(texts, labels, names, source, multi_label=True)
+
+
+def _jsonl_label_list(value: list, field: str, allowed: bool, source: str, line: int) -> list[str]:
+    """A JSON list label's items as strings; DataError for a list where single labels are read, or a bad item."""
+    if not allowed:
+        raise DataError(
+            f"{source}:{line}: field '{field}' is a list of labels, but the labels are read as single-label here "
+            "(the model or the training data is single-label); give one label, or train a multi-label model "
+            "(train --multi-label)."
+        )
+    items = []
+    for number, item in enumerate(value, start=1):
+        if isinstance(item, bool) or not isinstance(item, (str, int)) or not str(item).strip():
+            raise DataError(
+                f"{source}:{line}: item {number} of the list in field '{field}' must be a class name (string) or "
+                f"integer, not {clip(json.dumps(item))}."
+            )
+        _check_unicode(str(item), f"{source}:{line}: field '{field}'")
+        items.append(str(item).strip())
+    return items
+
+
+def _jsonl_label_sets(
+    raw_labels: list[Any], lines: list[int], source: str, multi_label: bool | None
+) -> list[list[str]] | None:
+    """Label lists when the JSON Lines labels are multi-label (forced, or any label a list), else None.
+
+    Auto mode (`multi_label` None) refuses list labels mixed with single ones: which was meant is unclear.
+    """
+    list_positions = [position for position, label in enumerate(raw_labels) if isinstance(label, list)]
+    if multi_label is False or (multi_label is None and not list_positions):
+        return None
+    if multi_label is None and len(list_positions) != len(raw_labels):
+        scalar = next(position for position, label in enumerate(raw_labels) if not isinstance(label, list))
+        raise DataError(
+            f"{source}:{lines[scalar]}: a single label ('{clip(raw_labels[scalar])}') among list labels (line "
+            f"{lines[list_positions[0]]} gives a list); write every label as a JSON list, or pass --multi-label to "
+            "read single labels as lists of one."
+        )
+    return [label if isinstance(label, list) else [label] for label in raw_labels]
+
+
+def _split_label_cells(cells: list[str], lines: list[int], source: str, separator: str) -> list[list[str]]:
+    """Multi-label CSV: each label cell split at `separator` (an empty cell: no labels); empty items refused."""
+    sets = []
+    for cell, line in zip(cells, lines):
+        if not cell:
+            sets.append([])
+            continue
+        items = [item.strip() for item in cell.split(separator)]
+        if not all(items):
+            raise DataError(
+                f"{source}:{line}: empty label in '{clip(cell)}' (labels are separated by '{separator}', "
+                "--label-separator); remove the extra separator."
+            )
+        sets.append(items)
+    return sets
 
 
 def _check_unicode(text: str, where: str) -> None:

@@ -1,6 +1,8 @@
 """Seeded, stratified train/validation split of one LabeledData (used when no --val is given).
 
 Each class gives its share of validation examples; a class with a single example stays in training.
+Multi-label data is stratified by each example's first (lowest-id) label, examples without labels
+forming one more group: every label that leads some example is spread over both parts.
 """
 
 from __future__ import annotations
@@ -20,8 +22,12 @@ def stratified_split(data: LabeledData, val_fraction: float, seed: int) -> tuple
     """
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be between 0 and 1 (exclusive), not {val_fraction}.")
-    labels = np.asarray(data.labels, dtype=np.int64)
     class_count = len(data.class_names)
+    if data.multi_label:  # stratum: the first label id; class_count for "no labels"
+        labels = np.asarray([ids[0] if ids else class_count for ids in data.labels], dtype=np.int64)
+        class_count += 1
+    else:
+        labels = np.asarray(data.labels, dtype=np.int64)
     counts = np.bincount(labels, minlength=class_count) if len(labels) else np.zeros(class_count, dtype=np.int64)
     val_counts = _val_counts(counts, val_fraction)
     rng = np.random.default_rng(seed)
@@ -62,5 +68,6 @@ def _subset(data: LabeledData, rows: np.ndarray, part: str) -> LabeledData:
         labels=[labels[row] for row in rows],
         class_names=list(data.class_names),
         source=f"{data.source} ({part} part)",
+        multi_label=data.multi_label,
     )
 

@@ -2,7 +2,8 @@
 
 Layout of one cache entry `<cache-root>/<key>/`: `meta.json` (the header: key inputs, class names,
 data digests, and for each array its dtype, shape, size and sha256) and raw little-endian arrays
-`{train,val}.{ids,offsets,labels}.bin` (token ids int32, row offsets int64, labels int64) read with
+`{train,val}.{ids,offsets,labels}.bin` (token ids int32, row offsets int64, labels int64; for
+multi-label data, meta "multi_label": true, the labels are an N x C uint8 multi-hot array) read with
 np.memmap: no pickle, no code in the files. The key is a digest of the data files' bytes, the reading
 options, the tokenizer's full serialisation and the truncation length, so a change to any of them
 selects a different entry. A file lock lets one process per node build while the others wait and
@@ -47,7 +48,8 @@ class CacheDamaged(Exception):
 
 @dataclass
 class TokenArrays:
-    """Token ids of N texts, flat: text i is ids[offsets[i]:offsets[i+1]]; labels[i] its 0-based label."""
+    """Token ids of N texts, flat: text i is ids[offsets[i]:offsets[i+1]]; labels[i] its 0-based label
+    (multi-label: labels is N x C uint8, row i the multi-hot vector of text i's labels)."""
 
     ids: np.ndarray
     offsets: np.ndarray
@@ -74,6 +76,7 @@ class TokenData:
     digests: dict[str, str]  # "train"/"val" -> data_digest(texts, labels)
     path: Path | None  # the cache entry mapped, or None when built without a cache directory
     built: bool  # True when this process tokenised, False when it mapped an existing entry
+    multi_label: bool = False  # labels are N x C multi-hot rows
 
 
 def data_digest(texts: Sequence[str], labels: Sequence[int]) -> str:
@@ -187,6 +190,24 @@ def _return_freed_memory() -> None:
 
 
 # --------------------------------------------------------------------------------- entry on disk
+def _label_array(data: LabeledData) -> np.ndarray:
+    """int64 label ids, or for multi-label data the N x C uint8 multi-hot rows."""
+    if not data.multi_label:
+        return np.asarray(data.labels, dtype=np.int64)
+    rows = np.zeros((len(data.labels), len(data.class_names)), dtype=np.uint8)
+    for row, ids in enumerate(data.labels):
+        rows[row, ids] = 1
+    return rows
+
+
+def _multi_hot_rows(flat: np.ndarray, class_count: int, split: str) -> np.ndarray:
+    if flat.dtype != np.uint8 or len(flat) % class_count:
+        raise CacheDamaged(f"{split} multi-hot labels do not fit {class_count} classes")
+    if len(flat) and flat.max() > 1:
+        raise CacheDamaged(f"{split} multi-hot labels hold values other than 0 and 1")
+    return flat.reshape(-1, class_count)
+
+
 def _write_entry(
     directory: Path, read: Callable[[], tuple[LabeledData, LabeledData]], tokenizer: Any, max_length: int,
     key: str, key_inputs: dict[str, Any],
@@ -199,11 +220,13 @@ def _write_entry(
         tokenize_to_files(
             data.texts, tokenizer, max_length, directory / f"{split}.ids.bin", directory / f"{split}.offsets.bin"
         )
-        np.asarray(data.labels, dtype=np.int64).tofile(directory / f"{split}.labels.bin")
+        _label_array(data).tofile(directory / f"{split}.labels.bin")
+    multi_label = train_data.multi_label
     del train_data, val_data, data  # the texts go now; only the arrays on disk remain
     _return_freed_memory()
     for split in SPLITS:
         for name, dtype in _ARRAYS.items():
+            dtype = np.uint8 if multi_label and name == "labels" else dtype
             path = directory / f"{split}.{name}.bin"
             size = path.stat().st_size
             arrays[f"{split}.{name}"] = {
@@ -213,6 +236,7 @@ def _write_entry(
     meta = {
         "format": CACHE_FORMAT, "key": key, "key_inputs": key_inputs, "class_names": class_names,
         "digests": digests, "arrays": arrays, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **({"multi_label": True} if multi_label else {}),  # absent: single-label (entries written before it verify)
     }
     with open(directory / META_FILE, "w", encoding="utf-8") as handle:
         json.dump(meta, handle, indent=1)
@@ -241,18 +265,21 @@ def _map_entry(directory: Path, key: str | None, verify: bool = True) -> TokenDa
                 np.memmap(path, dtype=dtype, mode="r", shape=(spec["count"],)) if spec["count"] else np.zeros(0, dtype)
             )
         splits = {}
+        multi_label = bool(meta.get("multi_label", False))
         for split in SPLITS:
             ids, offsets, labels = (mapped[f"{split}.{name}"] for name in _ARRAYS)
+            if multi_label:
+                labels = _multi_hot_rows(labels, len(meta["class_names"]), split)
             if len(offsets) != len(labels) + 1 or offsets[0] != 0 or offsets[-1] != len(ids):
                 raise CacheDamaged(f"{split} offsets do not match the ids")
-            if len(labels) and (labels.min() < 0 or labels.max() >= len(meta["class_names"])):
+            if not multi_label and len(labels) and (labels.min() < 0 or labels.max() >= len(meta["class_names"])):
                 raise CacheDamaged(f"{split} labels outside the class list")
             splits[split] = TokenArrays(ids=ids, offsets=offsets, labels=labels)
     except (KeyError, TypeError, ValueError) as error:
         raise CacheDamaged(f"{META_FILE} is malformed ({error})") from None
     return TokenData(
         train=splits["train"], val=splits["val"], class_names=list(meta["class_names"]),
-        digests=dict(meta["digests"]), path=directory, built=False,
+        digests=dict(meta["digests"]), path=directory, built=False, multi_label=multi_label,
     )
 
 

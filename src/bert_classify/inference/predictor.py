@@ -85,7 +85,9 @@ class Classifier:
     Build it with `Classifier.from_pretrained(directory)`. `predict_proba` returns an (n, C) array
     of probabilities in input order (softmax; sigmoid for multi-label models); `predict` returns one
     `{"label", "score"}` dict per text, plus `"top_k"` (a list of `{"label", "score"}`, best first)
-    when `top_k > 1`. `encode` + `predict_encoded` split `predict_proba` in two, so that the server
+    when `top_k > 1`. A multi-label model (config.problem_type "multi_label_classification") returns
+    `{"labels": [...], "scores": {label: score}}` instead: every label whose score reaches its
+    threshold (config.label_thresholds, tuned by `train`; 0.5 where absent), highest score first. `encode` + `predict_encoded` split `predict_proba` in two, so that the server
     tokenises (and refuses) each request on its own before merging requests into one batch.
 
     Raises `BertClassifyError` (ConfigError) for a directory that is not a classification model,
@@ -101,6 +103,7 @@ class Classifier:
         *,
         max_length: int,
         multi_label: bool = False,
+        label_thresholds: Sequence[float] | None = None,
         runtime: str = "torch",
         device: str = "cpu",
         precision: str = "fp32",
@@ -110,6 +113,9 @@ class Classifier:
         self.class_names: list[str] = list(class_names)
         self.max_length = int(max_length)
         self.multi_label = multi_label
+        self.label_thresholds = np.asarray(
+            label_thresholds if label_thresholds is not None else [0.5] * len(self.class_names), dtype=np.float32
+        )
         self.runtime = runtime
         self.device = device
         self.precision = precision  # what runs: "fp32", "bf16" (torch autocast) or the ONNX file's own
@@ -202,6 +208,7 @@ class Classifier:
             class_names,
             max_length=max_length,
             multi_label=multi_label,
+            label_thresholds=_label_thresholds(model_config, class_names) if multi_label else None,
             runtime=runtime,
             device=device_name,
             precision=resolved,
@@ -262,10 +269,28 @@ class Classifier:
             raise ConfigError(f"--top-k {top_k}: must be a whole number of at least 1.")
         return self.format_predictions(self.predict_proba(texts, batch_size=batch_size), top_k)
 
+    def _format_multilabel(self, probabilities: np.ndarray, ranked: np.ndarray, top_k: int) -> list[dict[str, Any]]:
+        """`{"labels", "scores"}` per row: the labels at or above their thresholds, highest score first."""
+        results = []
+        for row, indices in zip(probabilities, ranked):
+            chosen = [int(index) for index in np.argsort(-row, kind="stable") if row[index] >= self.label_thresholds[index]]
+            prediction: dict[str, Any] = {
+                "labels": [self.class_names[index] for index in chosen],
+                "scores": {self.class_names[index]: float(row[index]) for index in chosen},
+            }
+            if top_k > 1:
+                prediction["top_k"] = [
+                    {"label": self.class_names[int(index)], "score": float(row[int(index)])} for index in indices
+                ]
+            results.append(prediction)
+        return results
+
     def format_predictions(self, probabilities: np.ndarray, top_k: int = 1) -> list[dict[str, Any]]:
         """Turn rows of probabilities into prediction dicts (shared with the server's batcher)."""
         top_k = min(top_k, len(self.class_names))
         ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
+        if self.multi_label:
+            return self._format_multilabel(probabilities, ranked, top_k)
         results = []
         for row, indices in zip(probabilities, ranked):
             best = int(indices[0])
@@ -330,3 +355,20 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
+
+
+def _label_thresholds(model_config: Any, class_names: Sequence[str]) -> list[float]:
+    """Per-label thresholds from config.json's `label_thresholds` ({name: threshold}); 0.5 for labels it lacks."""
+    saved = getattr(model_config, "label_thresholds", None)
+    if not isinstance(saved, dict):
+        return [0.5] * len(class_names)
+    thresholds = []
+    for name in class_names:
+        value = saved.get(name, 0.5)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+            raise ConfigError(
+                f"--model: config.json label_thresholds['{name}'] is {value!r}; each threshold must be a number "
+                "from 0 to 1 (fix or remove it: 0.5 is used where absent)."
+            )
+        thresholds.append(float(value))
+    return thresholds

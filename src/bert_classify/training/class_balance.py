@@ -12,7 +12,7 @@ import numpy as np
 
 from bert_classify.config import CLASS_WEIGHT_MODES
 
-__all__ = ["CLASS_WEIGHT_MODES", "balanced_class_weights", "class_counts", "imbalance_warning"]
+__all__ = ["CLASS_WEIGHT_MODES", "balanced_class_weights", "class_counts", "imbalance_warning", "multilabel_pos_weights"]
 # The warning fires when the largest class has at least this many times the examples of the smallest.
 IMBALANCE_WARNING_RATIO = 10.0
 
@@ -33,6 +33,16 @@ def balanced_class_weights(counts: np.ndarray) -> np.ndarray:
     weights = np.zeros_like(counts)
     weights[present] = counts.sum() / (present.sum() * counts[present])
     return weights
+
+
+def multilabel_pos_weights(positives: np.ndarray, examples: int) -> np.ndarray:
+    """Multi-label --class-weights balanced: per label, negatives / positives (BCEWithLogitsLoss's pos_weight),
+    so that a label's positive and negative examples weigh the same in its loss; 1 for a label without positives."""
+    positives = np.asarray(positives, dtype=np.float64)
+    weights = np.ones_like(positives)
+    present = positives > 0
+    weights[present] = (examples - positives[present]) / positives[present]
+    return np.maximum(weights, 0.0)
 
 
 def imbalance_warning(counts: np.ndarray, class_names: Sequence[str], class_weights: str) -> str | None:

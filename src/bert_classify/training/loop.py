@@ -180,6 +180,13 @@ class Trainer:
             log=lambda message: print(f"rank {rank}: {message}" if self.context.enabled else message, flush=True),
         )
         self.class_names = tokens.class_names
+        self.multi_label = tokens.multi_label
+        if self.multi_label:
+            how = "--multi-label" if config.multi_label else f"detected: the labels in {config.train or 'the data'} are lists"
+            self.log(
+                f"multi-label classification ({how}): sigmoid outputs with binary cross-entropy, per-label thresholds "
+                "tuned on the validation data"
+            )
         self.data_digests = tokens.digests
         self.train_ids, self.val_ids = tokens.train, tokens.val
         self.train_lengths = tokens.train.lengths
@@ -197,6 +204,8 @@ class Trainer:
             **{name: file_digest(path) if path else None for name, path in files.items()},
             "data_format": config.data_format, "text_column": config.text_column, "label_column": config.label_column,
             "split": None if config.val else [config.val_fraction, config.seed],
+            # absent in single-label mode, so that the entries of earlier versions are still found
+            **({"multi_label": True, "label_separator": config.label_separator} if config.multi_label else {}),
         }
 
     def _read_data(self) -> tuple[Any, Any]:
@@ -205,14 +214,18 @@ class Trainer:
 
         config = self.config
         class_names = read_class_names(config.classes) if config.classes else None
-        options = dict(data_format=config.data_format, text_column=config.text_column, label_column=config.label_column)
-        train_data = load_labeled_data(config.train, class_names=class_names, reader=config.reader, **options)
+        options = dict(data_format=config.data_format, text_column=config.text_column, label_column=config.label_column,
+                       label_separator=config.label_separator)
+        train_data = load_labeled_data(
+            config.train, class_names=class_names, reader=config.reader, multi_label=config.multi_label or None, **options
+        )
         unused = unused_classes(train_data)
         if unused:
             self.log(f"warning: {len(unused)} classes have no training examples in {train_data.source}: {describe_classes(unused)}")
         if config.val:
             val_data = load_labeled_data(
-                config.val, class_names=train_data.class_names, reader=config.reader, **options
+                config.val, class_names=train_data.class_names, reader=config.reader,
+                multi_label=train_data.multi_label, **options,
             )
         else:
             train_data, val_data = stratified_split(train_data, config.val_fraction, config.seed)
@@ -227,7 +240,11 @@ class Trainer:
 
     def _setup_model(self) -> None:
         torch.manual_seed(self.config.seed)  # the fresh head's initialisation is reproducible
-        model = modeling.load_for_training(self.config.model, self.class_names, self.config.freeze_encoder)
+        model = modeling.load_for_training(
+            self.config.model, self.class_names, self.config.freeze_encoder, multi_label=self.multi_label
+        )
+        if self.multi_label and len(self.train_labels):
+            modeling.set_output_bias_to_label_prior(model, np.asarray(self.train_labels, dtype=np.float64).mean(axis=0))
         if self.config.gradient_checkpointing:
             # non-reentrant: works with DDP and frozen layers, and restores the RNG so dropout recomputes alike
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -291,6 +308,7 @@ class Trainer:
             train_data=self.data_digests["train"],
             val_data=self.data_digests["val"],
             **class_weights_fingerprint(config),
+            **({"multi_label": True} if self.multi_label else {}),
         )
         self.checkpointer = Checkpointer(
             Path(config.checkpoint_dir) if config.checkpoint_dir else None,
@@ -338,6 +356,8 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         from bert_classify.evaluation import metrics_from_confusion
 
+        if self.multi_label:
+            return self._evaluate_multilabel()
         self.model.eval()
         classes = len(self.class_names)
         confusion = torch.zeros(classes * classes + 1, dtype=torch.float64, device=self.context.device)
@@ -355,6 +375,56 @@ class Trainer:
         matrix = confusion[:-1].reshape(classes, classes).cpu().numpy().astype(np.int64)
         metrics = metrics_from_confusion(matrix, self.class_names)
         metrics["loss"] = float(confusion[-1].item() / max(1, matrix.sum()))
+        self.model.train()
+        return metrics
+
+    @torch.inference_mode()
+    def _evaluate_multilabel(self) -> dict[str, Any]:
+        """Metrics at the 0.5 threshold, plus the per-label thresholds these weights score best with on validation.
+
+        One pass counts true/false positives and false negatives at every threshold of the grid (reduced over
+        ranks like the confusion matrix); the thresholds travel with the best metrics into the saved model.
+        """
+        from bert_classify.evaluation import (
+            DEFAULT_THRESHOLD,
+            THRESHOLD_GRID,
+            f1_at_thresholds,
+            metrics_from_label_counts,
+            tune_thresholds,
+        )
+
+        self.model.eval()
+        classes, device = len(self.class_names), self.context.device
+        grid = torch.tensor(THRESHOLD_GRID, dtype=torch.float32, device=device)
+        half = THRESHOLD_GRID.index(DEFAULT_THRESHOLD)
+        counts = torch.zeros(len(THRESHOLD_GRID) * classes * 3 + 3, dtype=torch.float64, device=device)
+        shard = np.arange(self.context.rank, len(self.val_ids), self.context.world_size)
+        shard = shard[np.argsort([len(self.val_ids[i]) for i in shard], kind="stable")]
+        eval_batch = self.config.batch_size * 2
+        for start in range(0, len(shard), eval_batch):
+            input_ids, attention_mask, labels = self._collate(self.val_ids, self.val_labels, shard[start : start + eval_batch])
+            with self.autocast():
+                logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+            truth = labels.bool()
+            predicted = torch.sigmoid(logits)[None] >= grid[:, None, None]  # (grid, batch, classes)
+            by_threshold = torch.stack(
+                [(predicted & truth).sum(1), (predicted & ~truth).sum(1), (~predicted & truth).sum(1)], dim=-1
+            )
+            counts[:-3] += by_threshold.flatten().double()
+            counts[-3] += (predicted[half] == truth).all(dim=1).sum().double()
+            counts[-2] += self._loss_sum(logits, labels, weighted=False).double()
+            counts[-1] += len(labels)
+        all_reduce_sum(self.context, counts)
+        grid_counts = counts[:-3].reshape(len(THRESHOLD_GRID), classes, 3).cpu().numpy()
+        examples = int(counts[-1].item())
+        at_half = grid_counts[half]
+        metrics = metrics_from_label_counts(
+            at_half[:, 0], at_half[:, 1], at_half[:, 2], int(counts[-3].item()), examples, self.class_names
+        )
+        metrics["loss"] = float(counts[-2].item() / max(1, examples))
+        thresholds = tune_thresholds(grid_counts)
+        metrics["label_thresholds"] = {name: float(value) for name, value in zip(self.class_names, thresholds)}
+        metrics["tuned_thresholds"] = f1_at_thresholds(grid_counts, thresholds)  # optimistic: tuned on these examples
         self.model.train()
         return metrics
 
@@ -546,7 +616,7 @@ class Trainer:
             with nullcontext() if sync else self.ddp_model.no_sync():  # type: ignore[operator]
                 with self.autocast():
                     logits = self.ddp_model(input_ids=batch[0], attention_mask=batch[1]).logits
-                loss_sum = F.cross_entropy(logits.float(), batch[2], weight=self.class_weights, reduction="sum")
+                loss_sum = self._loss_sum(logits.float(), batch[2])
                 if empty:
                     loss_sum = loss_sum * 0.0  # keeps every rank in the same collectives
                 self.scaler.scale(loss_sum * (world / len(step))).backward()
@@ -558,6 +628,17 @@ class Trainer:
                 result.real_tokens_this_run += int(batch[1].sum())
                 result.padded_tokens_this_run += int(batch[1].numel())
             self.faults.after_micro_step()
+
+    def _loss_sum(self, logits: torch.Tensor, labels: torch.Tensor, *, weighted: bool = True) -> torch.Tensor:
+        """The batch's summed loss: cross-entropy, or for multi-label binary cross-entropy averaged over labels
+        (per example, as transformers' BCEWithLogitsLoss; --class-weights balanced: a pos_weight per label,
+        left out of the validation loss as the class weights are)."""
+        if not self.multi_label:
+            return F.cross_entropy(logits, labels, weight=self.class_weights, reduction="sum")
+        per_label = F.binary_cross_entropy_with_logits(
+            logits, labels.to(logits.dtype), pos_weight=self.class_weights if weighted else None, reduction="sum"
+        )
+        return per_label / logits.shape[-1]
 
     def _agree(self, stop: bool, time_due: bool) -> tuple[bool, bool]:
         """Every rank takes the same decision (rank 0's clock; any rank's signal)."""
@@ -587,6 +668,9 @@ class Trainer:
                 temporary.unlink(missing_ok=True)
             if self.best_state is not None:
                 self.model.load_state_dict(self.best_state)
+            if self.multi_label:  # the best weights' thresholds, tuned on validation: inference applies them
+                thresholds = (self.state.best_metrics or {}).get("label_thresholds") or {}
+                self.model.config.label_thresholds = {name: float(thresholds.get(name, 0.5)) for name in self.class_names}
             self.model.save_pretrained(output_dir, safe_serialization=True)
             # The truncation length travels with the model (tokenizer_config.json model_max_length): our
             # predict/serve/evaluate/handler and a plain transformers pipeline apply what training used.
@@ -614,11 +698,21 @@ class Trainer:
         """Warn about imbalanced classes; with --class-weights balanced, weight the loss per class."""
         from bert_classify.training import class_balance
 
+        self.class_weights: torch.Tensor | None = None
+        if self.multi_label:  # counts: positive examples per label
+            counts = np.asarray(self.train_labels, dtype=np.int64).sum(axis=0)
+            warning = class_balance.imbalance_warning(counts, self.class_names, self.config.class_weights)
+            if warning:
+                self.log(warning)
+            if self.config.class_weights == "balanced":
+                weights = class_balance.multilabel_pos_weights(counts, len(self.train_labels))
+                self.class_weights = torch.tensor(weights, dtype=torch.float32, device=self.context.device)
+                self.log(f"positive weights per label (balanced): from {weights.min():.3g} to {weights.max():.3g}")
+            return
         counts = class_balance.class_counts(self.train_labels, len(self.class_names))
         warning = class_balance.imbalance_warning(counts, self.class_names, self.config.class_weights)
         if warning:
             self.log(warning)
-        self.class_weights: torch.Tensor | None = None
         if self.config.class_weights == "balanced":
             weights = class_balance.balanced_class_weights(counts)
             self.class_weights = torch.tensor(weights, dtype=torch.float32, device=self.context.device)
