@@ -321,3 +321,17 @@ def test_an_archive_of_too_many_files_is_refused(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("BERT_CLASSIFY_MAX_ARCHIVE_FILES", "lots")
     with pytest.raises(ConfigError, match="BERT_CLASSIFY_MAX_ARCHIVE_FILES must be a whole number >= 1, not 'lots'"):
         extract_archive(archive, tmp_path / "env")
+
+
+def test_an_output_written_before_an_option_existed_is_still_this_runs_own(tmp_path: Path) -> None:
+    """training_config.json of an older version lacks the options added since; they ran at their defaults."""
+    from bert_classify.config import TrainConfig, _is_own_output
+
+    config = TrainConfig(train="train.csv", output_dir=str(tmp_path / "model"))
+    saved = config.to_dict()
+    for newer in ("gradient_checkpointing", "multi_label", "label_separator"):
+        saved.pop(newer, None)
+    (tmp_path / "training_config.json").write_text(json.dumps(saved))
+    assert _is_own_output(config, tmp_path / "training_config.json")
+    changed = TrainConfig(train="train.csv", output_dir=str(tmp_path / "model"), gradient_checkpointing=True)
+    assert not _is_own_output(changed, tmp_path / "training_config.json")  # not the default: another run

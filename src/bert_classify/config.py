@@ -262,9 +262,16 @@ def _is_own_output(config: TrainConfig, saved_file: Path) -> bool:
             continue
         if (name == "learning_rate" and value is None) or (name == "precision" and value == "auto"):
             continue  # saved resolved ("auto" -> the rate and precision used): any saved value is ours
-        if name not in saved or saved[name] != value:
+        # an option added after the saved run was written is absent there; it ran with the option's default
+        if saved.get(name, _FIELD_DEFAULTS.get(name, _ABSENT)) != value:
             return False
     return True
+
+
+_ABSENT = object()
+_FIELD_DEFAULTS = {
+    field.name: field.default for field in dataclasses.fields(TrainConfig) if field.default is not dataclasses.MISSING
+}
 
 
 def _continues_a_checkpointed_run(config: TrainConfig, saved: dict[str, Any]) -> bool:
