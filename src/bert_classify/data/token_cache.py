@@ -3,9 +3,11 @@
 Layout of one cache entry `<cache-root>/<key>/`: `meta.json` (the header: key inputs, class names,
 data digests, and for each array its dtype, shape, size and sha256) and raw little-endian arrays
 `{train,val}.{ids,offsets,labels}.bin` (token ids int32, row offsets int64, labels int64) read with
-np.memmap: no pickle, no code in the files. The key is a digest of the data files' bytes, the reading
-options, the tokenizer's full serialisation and the truncation length, so a change to any of them
-selects a different entry. A file lock lets one process per node build while the others wait and
+np.memmap: no pickle, no code in the files. With `--long-texts chunk` a row is one window of a
+document and `{train,val}.documents.bin` (int64) holds each row's 0-based document, so validation can
+combine a document's windows (inference/windows.py). The key is a digest of the data files' bytes, the reading
+options, the tokenizer's full serialisation, the truncation length and the long-text mode and stride,
+so a change to any of them selects a different entry. A file lock lets one process per node build while the others wait and
 then map the same files read-only (the OS page cache holds one copy per node). An entry is verified
 (sizes, checksums, offsets) before use; a damaged one is removed and rebuilt, never trusted.
 """
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from bert_classify.data.labels import LabeledData
+from bert_classify.inference.windows import Windowing
 
 CACHE_FORMAT = 1
 # The cache directory inside --checkpoint-dir (SageMaker copies it to S3 and back with the checkpoints).
@@ -35,6 +38,7 @@ CHECKPOINT_SUBDIRECTORY = "token-cache"
 META_FILE = "meta.json"
 SPLITS = ("train", "val")
 _ARRAYS = {"ids": np.int32, "offsets": np.int64, "labels": np.int64}
+DOCUMENTS_ARRAY = "documents"  # int64, one per row, only in entries built with --long-texts chunk
 # Texts per call of the tokenizer's batch encoder: big enough to keep every core busy, small enough
 # that one chunk's encodings (ids, tokens, offsets per token) stay a few tens of MB.
 TOKENIZE_CHUNK = 4096
@@ -47,11 +51,15 @@ class CacheDamaged(Exception):
 
 @dataclass
 class TokenArrays:
-    """Token ids of N texts, flat: text i is ids[offsets[i]:offsets[i+1]]; labels[i] its 0-based label."""
+    """Token ids of N texts, flat: text i is ids[offsets[i]:offsets[i+1]]; labels[i] its 0-based label.
+
+    With --long-texts chunk the rows are windows and documents[i] is row i's 0-based document (rows of a
+    document are consecutive); None when every row is a whole (truncated) document."""
 
     ids: np.ndarray
     offsets: np.ndarray
     labels: np.ndarray
+    documents: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -62,6 +70,12 @@ class TokenArrays:
     @property
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
+
+    @property
+    def num_documents(self) -> int:
+        if self.documents is None:
+            return len(self.labels)
+        return int(self.documents[-1]) + 1 if len(self.documents) else 0
 
 
 @dataclass
@@ -137,7 +151,37 @@ def tokenize_to_files(
     return len(texts), total
 
 
-def _batch_encoder(tokenizer: Any, max_length: int) -> Callable[[list[str]], list[list[int]]]:
+def tokenize_windows_to_files(
+    texts: Sequence[str], tokenizer: Any, windowing: Windowing, ids_path: Path, offsets_path: Path, documents_path: Path
+) -> tuple[int, int]:
+    """`tokenize_to_files` for --long-texts chunk: each text tokenised whole (no special tokens), cut into the
+    windows of `windowing`, one row per window; `documents_path` gets each row's 0-based text (int64).
+    Returns (rows, tokens)."""
+    encode = _batch_encoder(tokenizer, None)
+    rows = total = 0
+    with (
+        open(ids_path, "wb") as ids_file, open(offsets_path, "wb") as offsets_file,
+        open(documents_path, "wb") as documents_file, _parallel_tokenizers(),
+    ):
+        np.zeros(1, dtype=np.int64).tofile(offsets_file)
+        for start in range(0, len(texts), TOKENIZE_CHUNK):
+            windows, documents = [], []
+            for number, content in enumerate(encode(list(texts[start : start + TOKENIZE_CHUNK])), start=start):
+                split = windowing.split(content)
+                windows.extend(split)
+                documents.extend([number] * len(split))
+            lengths = np.fromiter((len(ids) for ids in windows), dtype=np.int64, count=len(windows))
+            flat = np.fromiter((i for ids in windows for i in ids), dtype=np.int32, count=int(lengths.sum()))
+            flat.tofile(ids_file)
+            (total + np.cumsum(lengths)).tofile(offsets_file)
+            np.asarray(documents, dtype=np.int64).tofile(documents_file)
+            total += int(lengths.sum())
+            rows += len(windows)
+    return rows, total
+
+
+def _batch_encoder(tokenizer: Any, max_length: int | None) -> Callable[[list[str]], list[list[int]]]:
+    """Token ids per text: truncated to `max_length` with special tokens, or (None) whole, without them."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         from tokenizers import Tokenizer
@@ -145,13 +189,18 @@ def _batch_encoder(tokenizer: Any, max_length: int) -> Callable[[list[str]], lis
         # a private copy: truncation settings never leak into the tokenizer that is saved with the model
         private = Tokenizer.from_str(backend.to_str())
         private.no_padding()
-        private.enable_truncation(max_length=max_length)
-        return lambda texts: [encoding.ids for encoding in private.encode_batch(texts, add_special_tokens=True)]
+        if max_length is None:
+            private.no_truncation()
+        else:
+            private.enable_truncation(max_length=max_length)
+        special = max_length is not None
+        return lambda texts: [encoding.ids for encoding in private.encode_batch(texts, add_special_tokens=special)]
 
     def slow(texts: list[str]) -> list[list[int]]:
+        whole = {"add_special_tokens": False, "verbose": False} if max_length is None else {}
         encoded = tokenizer(
-            texts, truncation=True, max_length=max_length, padding=False,
-            return_attention_mask=False, return_token_type_ids=False,
+            texts, truncation=max_length is not None, max_length=max_length, padding=False,
+            return_attention_mask=False, return_token_type_ids=False, **whole,
         )
         return list(encoded["input_ids"])
 
@@ -189,21 +238,25 @@ def _return_freed_memory() -> None:
 # --------------------------------------------------------------------------------- entry on disk
 def _write_entry(
     directory: Path, read: Callable[[], tuple[LabeledData, LabeledData]], tokenizer: Any, max_length: int,
-    key: str, key_inputs: dict[str, Any],
+    key: str, key_inputs: dict[str, Any], windowing: Windowing | None = None,
 ) -> None:
     train_data, val_data = read()
     class_names = list(train_data.class_names)
     digests, arrays = {}, {}
     for split, data in (("train", train_data), ("val", val_data)):
         digests[split] = data_digest(data.texts, data.labels)
-        tokenize_to_files(
-            data.texts, tokenizer, max_length, directory / f"{split}.ids.bin", directory / f"{split}.offsets.bin"
-        )
-        np.asarray(data.labels, dtype=np.int64).tofile(directory / f"{split}.labels.bin")
+        if windowing is None:
+            tokenize_to_files(
+                data.texts, tokenizer, max_length, directory / f"{split}.ids.bin", directory / f"{split}.offsets.bin"
+            )
+            np.asarray(data.labels, dtype=np.int64).tofile(directory / f"{split}.labels.bin")
+        else:
+            _write_windows(directory, split, data, tokenizer, windowing)
     del train_data, val_data, data  # the texts go now; only the arrays on disk remain
     _return_freed_memory()
+    names = {**_ARRAYS, DOCUMENTS_ARRAY: np.int64} if windowing is not None else _ARRAYS
     for split in SPLITS:
-        for name, dtype in _ARRAYS.items():
+        for name, dtype in names.items():
             path = directory / f"{split}.{name}.bin"
             size = path.stat().st_size
             arrays[f"{split}.{name}"] = {
@@ -218,6 +271,16 @@ def _write_entry(
         json.dump(meta, handle, indent=1)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def _write_windows(directory: Path, split: str, data: LabeledData, tokenizer: Any, windowing: Windowing) -> None:
+    """One split as windows: ids/offsets per window, documents per window, each window labelled as its document."""
+    documents_path = directory / f"{split}.{DOCUMENTS_ARRAY}.bin"
+    tokenize_windows_to_files(
+        data.texts, tokenizer, windowing, directory / f"{split}.ids.bin", directory / f"{split}.offsets.bin", documents_path
+    )
+    documents = np.fromfile(documents_path, dtype=np.int64)
+    np.asarray(data.labels, dtype=np.int64)[documents].tofile(directory / f"{split}.labels.bin")
 
 
 def _map_entry(directory: Path, key: str | None, verify: bool = True) -> TokenData:
@@ -247,13 +310,26 @@ def _map_entry(directory: Path, key: str | None, verify: bool = True) -> TokenDa
                 raise CacheDamaged(f"{split} offsets do not match the ids")
             if len(labels) and (labels.min() < 0 or labels.max() >= len(meta["class_names"])):
                 raise CacheDamaged(f"{split} labels outside the class list")
-            splits[split] = TokenArrays(ids=ids, offsets=offsets, labels=labels)
+            documents = mapped.get(f"{split}.{DOCUMENTS_ARRAY}")
+            if documents is not None and not _documents_sound(documents, len(labels)):
+                raise CacheDamaged(f"{split} document indices do not match the windows")
+            splits[split] = TokenArrays(ids=ids, offsets=offsets, labels=labels, documents=documents)
     except (KeyError, TypeError, ValueError) as error:
         raise CacheDamaged(f"{META_FILE} is malformed ({error})") from None
     return TokenData(
         train=splits["train"], val=splits["val"], class_names=list(meta["class_names"]),
         digests=dict(meta["digests"]), path=directory, built=False,
     )
+
+
+def _documents_sound(documents: np.ndarray, rows: int) -> bool:
+    """One index per row, starting at 0 and each row's the same as or one more than the row before."""
+    if len(documents) != rows:
+        return False
+    if not rows:
+        return True
+    steps = np.diff(documents)
+    return bool(documents[0] == 0 and ((steps == 0) | (steps == 1)).all())
 
 
 @contextmanager
@@ -274,6 +350,7 @@ def load_or_build(
     cache_root: Path | None,
     key_inputs: dict[str, Any] | None,
     log: Callable[[str], None] = print,
+    windowing: Windowing | None = None,
 ) -> TokenData:
     """The tokenised train/val data: mapped from `cache_root` when a sound entry exists, else built there.
 
@@ -281,14 +358,17 @@ def load_or_build(
     data (file digests, reading options); None (a plug-in reader, data that is not a file) or no
     `cache_root` builds into a temporary directory that is mapped and then unlinked, so the same flat
     arrays are used and the texts are still dropped, but nothing is kept for a restart.
+    `windowing` (--long-texts chunk) stores each text as its windows, with the per-row document index.
     """
     if cache_root is None or key_inputs is None:
         with tempfile.TemporaryDirectory(prefix="bert-classify-tokens-") as temporary:
-            _write_entry(Path(temporary), read, tokenizer, max_length, "uncached", {})
+            _write_entry(Path(temporary), read, tokenizer, max_length, "uncached", {}, windowing)
             data = _map_entry(Path(temporary), None, verify=False)
         data.path, data.built = None, True  # the mapping outlives the unlinked files
         return data
     inputs = {**key_inputs, "tokenizer": tokenizer_identity(tokenizer), "max_length": max_length}
+    if windowing is not None:  # absent for truncation: the keys of existing entries stay the same
+        inputs["long_texts"] = {"mode": "chunk", "stride": windowing.stride, "max_windows": windowing.max_windows}
     key = cache_key(inputs)
     cache_root.mkdir(parents=True, exist_ok=True)
     entry = cache_root / key[:32]
@@ -306,7 +386,7 @@ def load_or_build(
         started = time.perf_counter()
         temporary = Path(tempfile.mkdtemp(prefix=f".{key[:32]}.building-", dir=cache_root))
         try:
-            _write_entry(temporary, read, tokenizer, max_length, key, inputs)
+            _write_entry(temporary, read, tokenizer, max_length, key, inputs, windowing)
             os.replace(temporary, entry)
         except BaseException:
             shutil.rmtree(temporary, ignore_errors=True)
