@@ -160,3 +160,15 @@ def _probabilities(logits: np.ndarray, multi_label: bool) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exponentials = np.exp(shifted)
     return exponentials / exponentials.sum(axis=1, keepdims=True)
+
+
+class Windows(list):  # type: ignore[type-arg]
+    """The windows (token-id lists) of one text, as `Classifier.encode` returns them with --long-texts chunk.
+
+    The server's batcher counts it as one text; `Classifier.predict_encoded` runs its windows and combines
+    their outputs into that text's one row of probabilities."""
+
+    def __init__(self, windows: Sequence[Sequence[int]] = (), *, tokens: int = 0, truncated_from: int | None = None) -> None:
+        super().__init__(windows)
+        self.tokens = tokens  # the text's tokens, without special tokens
+        self.truncated_from = truncated_from  # windows the text would have given above the max_windows cap
