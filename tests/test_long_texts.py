@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -337,3 +339,39 @@ def test_the_handler_follows_the_saved_mode(chunk_model: Path, monkeypatch: pyte
     reference = Classifier.from_pretrained(chunk_model, precision="fp32", max_windows=3)
     assert [item["label"] for item in json.loads(body)] == [item["label"] for item in reference.predict(texts)]
     assert len(model.encode(texts)[0]) == 3
+
+
+# ----------------------------------------------------------------------------------------------- resume
+@pytest.mark.slow
+def test_a_chunked_run_resumes_exactly_and_refuses_a_changed_stride(long_data_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from test_resume import _run, checkpoint_events
+
+    def command(run_dir: Path, *extra: str) -> list[str]:
+        return [
+            "-m", "bert_classify", "train", "--train", str(long_data_dir / "train.csv"), "--val", str(long_data_dir / "val.csv"),
+            "--classes", str(long_data_dir / "classes.txt"), "--model", str(tiny_model_dir), "--output-dir", str(run_dir / "model"),
+            "--checkpoint-dir", str(run_dir / "checkpoints"), "--epochs", "1", "--batch-size", "4", "--grad-accum-steps", "2",
+            "--learning-rate", "2e-3", "--max-seq-len", str(MAX_SEQ_LEN), "--long-texts", "chunk", "--log-every-steps", "1",
+            "--checkpoint-every-steps", "4", *extra,
+        ]  # fmt: skip
+
+    reference = _run([sys.executable, *command(tmp_path / "reference")])
+    assert reference.returncode == 0, reference.stderr
+    interrupted = _run([sys.executable, *command(tmp_path / "resumed")], BERT_CLASSIFY_SIGTERM_AT_STEP="6")
+    assert interrupted.returncode == 128 + signal.SIGTERM, interrupted.stderr
+    changed = _run([sys.executable, *command(tmp_path / "resumed", "--chunk-stride", "2")])
+    assert changed.returncode == 2 and "chunk_stride 4 → 2" in changed.stderr, changed.stderr
+    resumed = _run([sys.executable, *command(tmp_path / "resumed")])
+    assert resumed.returncode == 0, resumed.stderr
+    assert checkpoint_events(resumed.stdout, "resumed")[0]["step"] == 6
+    expected = load_file(tmp_path / "reference" / "model" / "model.safetensors")
+    actual = load_file(tmp_path / "resumed" / "model" / "model.safetensors")
+    assert all(torch_equal(expected[name], actual[name]) for name in expected)
+
+
+def torch_equal(first: Any, second: Any) -> bool:
+    import torch
+
+    return bool(torch.equal(first, second))
