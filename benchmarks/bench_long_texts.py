@@ -9,7 +9,13 @@ together, so that the load of a shared machine falls on both alike. Each model i
 --test-rows documents built from the shared test rows; the chunk model's window logits are computed once
 and combined by every aggregation rule (mean_logits, max_logits, max_probability).
 
-    python benchmarks/bench_long_texts.py    # 1,500 training documents, 300 validation, 1,000 test, 1 epoch
+The two accuracy runs do not end together (chunk has more windows), so their wall-clock rates are
+skewed by whatever else runs after the first ends. `--cost` measures the cost fairly instead: one
+process alternates the two modes round by round (training --cost-steps optimizer steps from the base
+model, then predicting --cost-documents test documents with each trained model), best of --rounds.
+
+    python benchmarks/bench_long_texts.py          # 1,500 training documents, 300 validation, 1,000 test, 1 epoch
+    python benchmarks/bench_long_texts.py --cost   # the cost in documents/s, alternating rounds
 """
 
 from __future__ import annotations
@@ -167,6 +173,55 @@ def run_one(args: argparse.Namespace) -> None:
     (work / f"{mode}.json").write_text(json.dumps(run), encoding="utf-8")
 
 
+def measure_cost(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Documents/s of training and of prediction for both modes, alternating in this process, best of --rounds."""
+    from bert_classify.config import TrainConfig
+    from bert_classify.data import load_labeled_data
+    from bert_classify.inference.predictor import Classifier
+    from bert_classify.training.loop import train
+
+    classes = DATA_DIR / "classes.txt"
+    test = load_labeled_data(work / "test.csv", class_names=classes.read_text().split()).texts[: args.cost_documents]
+    best: dict[str, dict[str, float]] = {mode: {} for mode in MODES}
+    windows_per_document: dict[str, float] = {}
+    for round_number in range(args.rounds):
+        for mode in MODES:
+            config = TrainConfig(
+                train=str(work / "train.csv"), val=str(work / "val.csv"), classes=str(classes), model=str(args.model),
+                output_dir=str(work / f"cost-{mode}-{round_number}"), epochs=1, max_steps=args.cost_steps,
+                batch_size=args.batch_size, max_seq_len=args.max_seq_len, seed=args.seed, long_texts=mode,
+                log_every_steps=1000, checkpoint_every_minutes=None, cache_dir=str(work / "cache"),
+            )  # fmt: skip
+            result = train(config)
+            classifier = Classifier.from_pretrained(config.output_dir, device="cpu", precision=args.inference_precision)
+            encoded = classifier.encode(test)
+            windows = sum(len(entry) if mode == "chunk" else 1 for entry in encoded)
+            windows_per_document[mode] = windows / len(test)
+            started = time.perf_counter()
+            classifier.predict_encoded(encoded, batch_size=32)
+            predict_seconds = time.perf_counter() - started
+            rates = {
+                "train_windows_per_second": result.examples_per_second,
+                "predict_documents_per_second": len(test) / predict_seconds,
+            }
+            for name, value in rates.items():
+                best[mode][name] = max(best[mode].get(name, 0.0), value)
+            print(f"round {round_number + 1} {mode}: {rates}", flush=True)
+    from bert_classify.inference.windows import Windowing
+    from bert_classify.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(str(args.model))
+    windowing = Windowing.for_tokenizer(tokenizer, args.max_seq_len)
+    train_texts = load_labeled_data(work / "train.csv", class_names=classes.read_text().split()).texts
+    contents = tokenizer(train_texts, add_special_tokens=False, verbose=False)["input_ids"]
+    train_windows = {"truncate": 1.0, "chunk": sum(windowing.count(len(ids)) for ids in contents) / len(contents)}
+    for mode in MODES:  # training documents/s: windows/s over the training set's windows per document
+        best[mode]["train_windows_per_document"] = train_windows[mode]
+        best[mode]["train_documents_per_second"] = best[mode]["train_windows_per_second"] / train_windows[mode]
+        best[mode]["test_windows_per_document"] = windows_per_document[mode]
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-rows", type=int, default=1500, help="first N shared training rows")
@@ -180,6 +235,10 @@ def main() -> None:
     parser.add_argument("--inference-precision", default="auto")
     parser.add_argument("--model", type=Path, default=MODEL_DIR)
     parser.add_argument("--name", default="long_texts")
+    parser.add_argument("--cost", action="store_true", help="measure the cost (documents/s) in alternating rounds instead")
+    parser.add_argument("--cost-steps", type=int, default=30, help="with --cost: optimizer steps per training round")
+    parser.add_argument("--cost-documents", type=int, default=300, help="with --cost: test documents predicted per round")
+    parser.add_argument("--rounds", type=int, default=2, help="with --cost: rounds, best of")
     parser.add_argument("--mode", choices=("both", *MODES), default="both", help=argparse.SUPPRESS)
     parser.add_argument("--scratch", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -201,6 +260,23 @@ def main() -> None:
         write_rows(work / "val.csv", build_documents(test_rows[-args.val_rows :], tokenizer, low, high, args.seed + 1)[0])
         write_rows(work / "test.csv", build_documents(test_rows[: args.test_rows], tokenizer, low, high, args.seed + 2)[0])
         print(f"training documents: {stats}", flush=True)
+        if args.cost:
+            import torch
+
+            cost = measure_cost(args, work)
+            uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+            settings = {k: str(v) for k, v in vars(args).items() if k not in ("mode", "scratch")}
+            payload = {"documents": stats, "settings": settings, "torch_threads": torch.get_num_threads(), "cost": cost,
+                       "uptime_at_end": uptime}  # fmt: skip
+            for mode, rates in cost.items():
+                print(
+                    f"{mode}: training {rates['train_documents_per_second']:.2f} documents/s "
+                    f"({rates['train_windows_per_second']:.2f} windows/s, {rates['train_windows_per_document']:.2f} "
+                    f"windows per document); predict {rates['predict_documents_per_second']:.2f} documents/s"
+                )
+            print(uptime)
+            print(f"wrote {write_result(args.name + '_cost', payload)}")
+            return
         environment = {**os.environ, "OMP_NUM_THREADS": "1"}
         processes = {
             mode: subprocess.Popen(
