@@ -126,7 +126,8 @@ def environment(src: Path, **extra: str) -> dict[str, str]:
 
 def summarise(name: str, figures: dict[str, Any]) -> None:
     biggest = max((p.get("VmHWM", 0.0) for p in figures["processes"]), default=0.0)
-    print(f"  {name}: first step after {figures['seconds_to_marker']:.1f} s, peak RSS of the largest process "
+    seconds = figures["seconds_to_marker"]
+    print(f"  {name}: first step after {'(never)' if seconds is None else f'{seconds:.1f} s'}, peak RSS of the largest process "
           f"{biggest:.2f} GiB, exit {figures['returncode']}", flush=True)
 
 
@@ -154,7 +155,9 @@ def main() -> None:
         run_dir = args.work / f"run_{rows}"
         shutil.rmtree(run_dir, ignore_errors=True)
         command = python + train_command(train, val, run_dir, max_steps=3)
-        figures["cold"] = run(command, environment(src, BERT_CLASSIFY_SIGTERM_AT_STEP="1"), "step 1/",
+        # the fault-injection variable acts only with BERT_CLASSIFY_TEST_FAULTS=1 (training/faults.py)
+        stop_after_step_1 = {"BERT_CLASSIFY_TEST_FAULTS": "1", "BERT_CLASSIFY_SIGTERM_AT_STEP": "1"}
+        figures["cold"] = run(command, environment(src, **stop_after_step_1), "step 1/",
                               args.work / f"cold_{rows}.log")
         summarise("cold", figures["cold"])
         figures["restart"] = run(command, environment(src), "step 2/", args.work / f"restart_{rows}.log")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -104,3 +105,84 @@ def test_reuse_of_a_vanished_source_writes_the_fallback_bytes(tmp_path: Path) ->
     second = _write_with_best(tmp_path, 2, ckpt.Reuse(source, fallback=lambda: best))
     assert ckpt.verify_checkpoint(second) is None
     assert torch.equal(ckpt.read_tensors(second / ckpt.BEST_MODEL_FILE)["weight"], torch.full((4,), 2.0))
+
+
+def test_streamed_safetensors_read_back_by_safetensors_itself(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    tensors = {
+        "fp32": torch.randn(3, 4), "bf16": torch.randn(5).bfloat16(), "int64": torch.arange(7),
+        "empty": torch.zeros(0, 3), "scalar": torch.tensor(2.5), "transposed": torch.randn(4, 3).t(),
+    }
+    path = ckpt.write_checkpoint(tmp_path, 1, {ckpt.MODEL_FILE: ckpt.streamed_tensors(tensors)}, keep=1)
+    assert ckpt.verify_checkpoint(path) is None  # the checksum taken while streaming matches the file
+    loaded = load_file(path / ckpt.MODEL_FILE)
+    assert set(loaded) == set(tensors)
+    for name, tensor in tensors.items():
+        assert loaded[name].dtype == tensor.dtype and torch.equal(loaded[name], tensor), name
+    (path / ckpt.MODEL_FILE).write_bytes((path / ckpt.MODEL_FILE).read_bytes()[:-1] + b"\x00")
+    assert "checksum" in (ckpt.verify_checkpoint(path) or "")
+
+
+def test_streamed_state_dict_round_trips(tmp_path: Path) -> None:
+    state = {"state": {0: {"exp_avg": torch.randn(10), "step": torch.tensor(3.0)}}, "param_groups": [{"lr": 0.1}]}
+    path = ckpt.write_checkpoint(tmp_path, 2, {ckpt.OPTIMIZER_FILE: ckpt.streamed_state_dict(state)}, keep=1)
+    assert ckpt.verify_checkpoint(path) is None
+    loaded = ckpt.read_state_dict(path / ckpt.OPTIMIZER_FILE)
+    assert torch.equal(loaded["state"][0]["exp_avg"], state["state"][0]["exp_avg"])
+
+
+def _checkpointer(directory: Path) -> ckpt.Checkpointer:
+    from bert_classify.training.distributed import DistributedContext
+
+    context = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), backend=None)
+    return ckpt.Checkpointer(directory, keep=2, fingerprint={}, config_values={}, force_resume=False,
+                             context=context, log=lambda message: None)
+
+
+def test_a_blocking_save_of_cpu_tensors_stages_no_copy_and_an_asynchronous_one_does(tmp_path: Path) -> None:
+    model = torch.nn.Linear(8, 4)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(2, 8)).sum().backward()
+    optimizer.step()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    checkpointer = _checkpointer(tmp_path)
+    arguments = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, progress={"epoch": 0},
+                     best_state=None)
+    checkpointer.save(step=1, reason="signal", wait=True, **arguments)
+    assert checkpointer._staging == {}  # written from the tensors themselves: no second copy in memory
+    written = ckpt.read_tensors(tmp_path / "step-00000001" / ckpt.MODEL_FILE)
+    assert torch.equal(written["weight"], model.weight.detach())
+    checkpointer.save(step=2, reason="periodic", wait=False, **arguments)
+    checkpointer.wait()
+    assert checkpointer._staging  # training goes on during an asynchronous write, so it writes a copy
+    assert ckpt.verify_checkpoint(tmp_path / "step-00000002") is None
+
+
+def test_without_memory_for_a_staging_copy_a_periodic_checkpoint_is_written_while_training_waits(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    model = torch.nn.Linear(64, 64)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(2, 64)).sum().backward()
+    optimizer.step()
+    messages: list[str] = []
+    checkpointer = _checkpointer(tmp_path)
+    checkpointer.log = messages.append
+    monkeypatch.setattr(ckpt, "memory_headroom", lambda: 10_000)  # bytes: less than two copies of the state
+    arguments = dict(model=model, optimizer=optimizer, scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+                     scaler=torch.amp.GradScaler("cpu", enabled=False), progress={"epoch": 0}, best_state=None)
+    checkpointer.save(step=1, reason="interval", wait=False, **arguments)
+    assert checkpointer._thread is None and checkpointer._staging == {}  # written already, with no copy
+    assert ckpt.verify_checkpoint(tmp_path / "step-00000001") is None
+    assert sum("written while training waits" in message for message in messages) == 1
+    monkeypatch.setattr(ckpt, "memory_headroom", lambda: None)  # unknown: write in the background as before
+    checkpointer.save(step=2, reason="interval", wait=False, **arguments)
+    checkpointer.wait()
+    assert checkpointer._staging and ckpt.verify_checkpoint(tmp_path / "step-00000002") is None
+
+
+def test_memory_headroom_reads_this_machine() -> None:
+    headroom = ckpt.memory_headroom()
+    assert headroom is None or headroom > 0

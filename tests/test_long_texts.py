@@ -30,6 +30,7 @@ from bert_classify.inference.windows import (
     special_tokens_around,
 )
 from conftest import CLASS_NAMES, make_rows, write_dbpedia_csv
+from test_token_cache import _Reader  # counts reads made in the cache's builder process too
 from test_user_errors import assert_one_line_error, run_in_process, train_args
 
 # Class-neutral words of the tiny vocabulary: the class words come after ~40 tokens of them, so a window
@@ -156,16 +157,6 @@ def test_unknown_modes_are_refused_naming_the_flag(tiny_data_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------- token cache
-class _Reader:
-    def __init__(self, data: Path) -> None:
-        self.data, self.calls = data, 0
-
-    def __call__(self) -> Any:
-        self.calls += 1
-        train = load_labeled_data(self.data / "train.csv", class_names=CLASS_NAMES)
-        return train, load_labeled_data(self.data / "val.csv", class_names=CLASS_NAMES)
-
-
 def _build(data: Path, tokenizer: Any, root: Path, windowing: Windowing | None) -> tuple[tc.TokenData, _Reader]:
     reader = _Reader(data)
     inputs = {"train": tc.file_digest(data / "train.csv"), "val": tc.file_digest(data / "val.csv")}
@@ -376,3 +367,30 @@ def torch_equal(first: Any, second: Any) -> bool:
     import torch
 
     return bool(torch.equal(first, second))
+
+
+def test_a_build_forked_after_parallel_tokenising_does_not_hang(long_data_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The tokenizer's thread pool does not survive a fork: a builder child forked after the parent used it
+    must tokenise on one thread (it deadlocked before: a second train() in one process, a test session)."""
+    import subprocess
+
+    script = f"""
+import os
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+from pathlib import Path
+from bert_classify.data import load_labeled_data, token_cache as tc
+from bert_classify.inference.windows import Windowing
+from bert_classify.modeling import load_tokenizer
+data = Path({str(long_data_dir)!r})
+names = {CLASS_NAMES!r}
+tokenizer = load_tokenizer({str(tiny_model_dir)!r})
+def read():
+    return (load_labeled_data(data / "train.csv", class_names=names), load_labeled_data(data / "val.csv", class_names=names))
+tc.load_or_build(read, tokenizer, 16, cache_root=None, key_inputs=None, in_child=False)  # the pool runs here
+tokens = tc.load_or_build(read, tokenizer, 16, cache_root=None, key_inputs=None, in_child=True,
+                          windowing=Windowing.for_tokenizer(tokenizer, 16))
+print("windows", len(tokens.train))
+"""
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert "windows" in completed.stdout

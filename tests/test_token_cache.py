@@ -37,13 +37,21 @@ def _tokenizer(model_dir: Path) -> Any:
 
 
 class _Reader:
-    """The loop's read step for `data`, counting its calls (a mapped cache never reads the texts)."""
+    """The loop's read step for `data`, counting its calls (a mapped cache never reads the texts). The count is
+    kept in a file: the build reads in a forked child process, whose attributes the parent never sees."""
 
     def __init__(self, data: Path) -> None:
-        self.data, self.calls = data, 0
+        self.data = data
+        self.counter = data.parent / f"reads-{os.getpid()}-{id(self)}"
+        self.counter.write_text("")
+
+    @property
+    def calls(self) -> int:
+        return len(self.counter.read_text())
 
     def __call__(self) -> tuple[LabeledData, LabeledData]:
-        self.calls += 1
+        with open(self.counter, "a") as handle:
+            handle.write("x")
         train = load_labeled_data(self.data / "train.csv", class_names=CLASS_NAMES)
         return train, load_labeled_data(self.data / "val.csv", class_names=CLASS_NAMES)
 
@@ -192,3 +200,45 @@ def test_two_torchrun_ranks_share_one_cache_entry(data_dir: Path, tiny_model_dir
     assert {line.split(":")[0] for line in lines} == {"rank 0", "rank 1"}
     entries = [path for path in cache.iterdir() if path.is_dir()]
     assert len(entries) == 1 and str(entries[0]) in built[0] and str(entries[0]) in used[0]
+
+
+def test_the_build_runs_in_a_child_process_and_leaves_the_texts_there(
+    data_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    parent = os.getpid()
+    seen: list[int] = []
+
+    def read() -> tuple[LabeledData, LabeledData]:
+        (tmp_path / "reader-pid").write_text(str(os.getpid()))
+        seen.append(os.getpid())
+        return _Reader(data_dir)()
+
+    tokens = tc.load_or_build(read, _tokenizer(tiny_model_dir), 16, cache_root=tmp_path / "cache", key_inputs={"k": 1})
+    assert tokens.built and len(tokens.train) == 40
+    assert int((tmp_path / "reader-pid").read_text()) != parent and not seen  # read in the child only
+    in_process = tc.load_or_build(read, _tokenizer(tiny_model_dir), 16, cache_root=None, key_inputs=None, in_child=False)
+    assert seen == [parent]
+    assert np.array_equal(np.asarray(in_process.train.ids), np.asarray(tokens.train.ids))
+
+
+def test_a_data_error_in_the_builder_process_is_raised_as_itself(data_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from bert_classify.errors import DataError
+
+    (data_dir / "train.csv").write_text('"1","Title","text"\n"x","Title","text"\n')
+    with pytest.raises(DataError, match=r"train\.csv:2: class index 'x' is not an integer"):
+        _build(data_dir, _tokenizer(tiny_model_dir), tmp_path / "cache")
+    assert not [path for path in (tmp_path / "cache").iterdir() if path.is_dir()]  # nothing half-built is kept
+
+
+def test_a_builder_process_killed_by_a_signal_is_reported_and_nothing_is_kept(
+    data_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import signal
+
+    def read() -> tuple[LabeledData, LabeledData]:
+        os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does
+        raise AssertionError("unreachable")
+
+    with pytest.raises(RuntimeError, match="stopped by SIGKILL in its builder process"):
+        tc.load_or_build(read, _tokenizer(tiny_model_dir), 16, cache_root=tmp_path / "cache", key_inputs={"k": 2})
+    assert not [path for path in (tmp_path / "cache").iterdir() if path.is_dir()]

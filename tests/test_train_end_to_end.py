@@ -248,3 +248,27 @@ def test_checkpoints_link_best_weights_until_a_new_best(tiny_data_dir: Path, tin
         assert same_file == same_best, (older.name, newer.name)
         linked += same_file
     assert linked >= 2
+
+
+def test_gradient_checkpointing_recomputes_activations_and_trains_the_same_weights(
+    tiny_data_dir: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers.models.bert import modeling_bert
+
+    calls = {"layer": 0}
+    original = modeling_bert.BertIntermediate.forward  # inside the layer that is checkpointed
+
+    def counting(self: object, *args: object, **kwargs: object) -> object:
+        calls["layer"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_bert.BertIntermediate, "forward", counting)
+    train(_config(tiny_data_dir, tiny_model_dir, tmp_path / "plain", max_steps=3, precision="fp32"))
+    plain_calls, calls["layer"] = calls["layer"], 0
+    train(_config(tiny_data_dir, tiny_model_dir, tmp_path / "recomputed", max_steps=3, precision="fp32",
+                  gradient_checkpointing=True))
+    layers = json.loads((tiny_model_dir / "config.json").read_text())["num_hidden_layers"]
+    assert calls["layer"] - plain_calls == 3 * layers  # each training step ran every layer once more in backward
+    plain, recomputed = load_file(tmp_path / "plain" / "model.safetensors"), load_file(tmp_path / "recomputed" / "model.safetensors")
+    assert plain.keys() == recomputed.keys()
+    assert all(torch.allclose(plain[name], recomputed[name], atol=1e-6) for name in plain)  # dropout replayed alike

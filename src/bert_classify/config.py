@@ -79,6 +79,7 @@ class TrainConfig:
     grad_accum_steps: int = 1
     learning_rate: float | None = None  # None: auto_learning_rate(model hidden size)
     weight_decay: float = 0.01
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % more compute
     warmup_ratio: float = 0.06
     max_grad_norm: float = 1.0
     precision: str = "auto"

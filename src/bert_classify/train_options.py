@@ -115,6 +115,11 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
         "else fp32; fp16 (GPU) adds a gradient scaler", choices=PRECISIONS,
     ),  # fmt: skip
     TrainOption("no-group-by-length", "group_by_length", "optimisation", "plain shuffled batches", None, switch=True, negated=True),
+    TrainOption(
+        "gradient-checkpointing", "gradient_checkpointing", "optimisation",
+        "keep one layer's activations and recompute the rest in backward: much less memory for long or large "
+        "batches, about a third more compute", None, switch=True,
+    ),  # fmt: skip
     TrainOption("seed", "seed", "optimisation", "random seed (default: 42)", int),
     TrainOption(
         "class-weights", "class_weights", "optimisation",

@@ -207,10 +207,23 @@ def _batch_encoder(tokenizer: Any, max_length: int | None) -> Callable[[list[str
     return slow
 
 
+# Whether this process has run the fast tokenizer's thread pool (below), and whether it is a builder child
+# forked after that: the pool's threads do not survive a fork, so such a child must tokenise on one thread
+# (forcing parallelism there deadlocks, e.g. a second train() in one process, or a test session).
+_POOL_STARTED = False
+_POOL_LOST_IN_FORK = False
+
+
 @contextmanager
 def _parallel_tokenizers() -> Iterator[None]:
     """The fast tokenizer's batch encoder over all cores, even where TOKENIZERS_PARALLELISM=false was set to
-    silence its fork warning (nothing forks while we tokenise)."""
+    silence its fork warning (nothing forks while we tokenise); one thread in a child forked after the pool ran."""
+    global _POOL_STARTED
+    if _POOL_LOST_IN_FORK:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        yield
+        return
+    _POOL_STARTED = True
     previous = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "true"
     try:
@@ -332,6 +345,71 @@ def _documents_sound(documents: np.ndarray, rows: int) -> bool:
     return bool(documents[0] == 0 and ((steps == 0) | (steps == 1)).all())
 
 
+def _write_entry_in_child(
+    directory: Path, read: Callable[[], tuple[LabeledData, LabeledData]], tokenizer: Any, max_length: int,
+    key: str, key_inputs: dict[str, Any], windowing: Windowing | None = None,
+) -> None:
+    """`_write_entry` in a forked child process, so that the heap the texts took (hundreds of MB at 560,000
+    rows, which glibc does not fully hand back) leaves with the child instead of staying under training.
+
+    The child reads, tokenises and writes; the parent waits. A user error in the child (a DataError naming
+    file and line) is raised again in the parent with the same type and message; anything else is raised
+    as a RuntimeError carrying the child's traceback. A child killed by a signal (the kernel's OOM killer)
+    is reported as such; nothing half-written is used (the caller removes the directory).
+    """
+    import signal
+    import traceback
+
+    from bert_classify import errors
+
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into the caller's code
+        global _POOL_LOST_IN_FORK
+        _POOL_LOST_IN_FORK = _POOL_STARTED
+        status = 0
+        try:
+            os.close(reader)
+            _write_entry(directory, read, tokenizer, max_length, key, key_inputs, windowing)
+        except BaseException as error:  # noqa: BLE001 - everything goes back to the parent
+            status = 1
+            report = {"type": type(error).__name__, "message": str(error), "traceback": traceback.format_exc()}
+            try:
+                with os.fdopen(writer, "wb") as channel:
+                    channel.write(json.dumps(report).encode("utf-8"))
+            except OSError:
+                pass
+        finally:
+            os._exit(status)
+    os.close(writer)
+    try:
+        chunks = []
+        while chunk := os.read(reader, 1 << 16):
+            chunks.append(chunk)
+        _, status = os.waitpid(pid, 0)
+    except BaseException:  # interrupted here (Ctrl-C): the child goes too, and the half-built entry with it
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
+        raise
+    finally:
+        os.close(reader)
+    if os.WIFSIGNALED(status):
+        name = signal.Signals(os.WTERMSIG(status)).name
+        raise RuntimeError(
+            f"tokenising the data was stopped by {name} in its builder process (killed for lack of memory?)"
+        )
+    if os.waitstatus_to_exitcode(status) == 0:
+        return
+    report = json.loads(b"".join(chunks).decode("utf-8") or "{}")
+    error_type = getattr(errors, str(report.get("type")), None)
+    if isinstance(error_type, type) and issubclass(error_type, errors.BertClassifyError):
+        raise error_type(report.get("message", ""))
+    raise RuntimeError(f"tokenising the data failed in its builder process:\n{report.get('traceback', report)}")
+
+
 @contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     with open(path, "a+b") as handle:
@@ -350,6 +428,7 @@ def load_or_build(
     cache_root: Path | None,
     key_inputs: dict[str, Any] | None,
     log: Callable[[str], None] = print,
+    in_child: bool | None = None,
     windowing: Windowing | None = None,
 ) -> TokenData:
     """The tokenised train/val data: mapped from `cache_root` when a sound entry exists, else built there.
@@ -357,12 +436,17 @@ def load_or_build(
     `read()` returns (train, val) LabeledData and is called only when building. `key_inputs` describes the
     data (file digests, reading options); None (a plug-in reader, data that is not a file) or no
     `cache_root` builds into a temporary directory that is mapped and then unlinked, so the same flat
-    arrays are used and the texts are still dropped, but nothing is kept for a restart.
-    `windowing` (--long-texts chunk) stores each text as its windows, with the per-row document index.
+    arrays are used and the texts are still dropped, but nothing is kept for a restart. `in_child` (default:
+    wherever `os.fork` exists) reads and tokenises in a forked child process, so the texts' heap never
+    stays in this one; BERT_CLASSIFY_TOKENIZE_IN_PROCESS=1 turns that off. `windowing` (--long-texts chunk)
+    stores each text as its windows, with the per-row document index.
     """
+    if in_child is None:
+        in_child = hasattr(os, "fork") and os.environ.get("BERT_CLASSIFY_TOKENIZE_IN_PROCESS", "") in ("", "0")
+    write = _write_entry_in_child if in_child else _write_entry
     if cache_root is None or key_inputs is None:
         with tempfile.TemporaryDirectory(prefix="bert-classify-tokens-") as temporary:
-            _write_entry(Path(temporary), read, tokenizer, max_length, "uncached", {}, windowing)
+            write(Path(temporary), read, tokenizer, max_length, "uncached", {}, windowing)
             data = _map_entry(Path(temporary), None, verify=False)
         data.path, data.built = None, True  # the mapping outlives the unlinked files
         return data
@@ -386,7 +470,7 @@ def load_or_build(
         started = time.perf_counter()
         temporary = Path(tempfile.mkdtemp(prefix=f".{key[:32]}.building-", dir=cache_root))
         try:
-            _write_entry(temporary, read, tokenizer, max_length, key, inputs, windowing)
+            write(temporary, read, tokenizer, max_length, key, inputs, windowing)
             os.replace(temporary, entry)
         except BaseException:
             shutil.rmtree(temporary, ignore_errors=True)

@@ -30,12 +30,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
-from safetensors.torch import load as load_safetensors_bytes
-from safetensors.torch import save as save_safetensors_bytes
+from safetensors.torch import load_file as load_safetensors_file
 
 from bert_classify.errors import CheckpointError, TrainingError
 
@@ -90,6 +89,29 @@ FINGERPRINT_FIELDS = (
 
 # Benchmarks set this False to measure the synchronous write (capture, then write on the training path).
 WRITE_IN_BACKGROUND = True
+# A background write holds a staging copy of the model and optimizer state; it is made only while the
+# memory left (MemAvailable, and the cgroup's limit inside a container) is at least this many copies.
+STAGING_HEADROOM = 2.0
+
+
+def memory_headroom() -> int | None:
+    """Bytes this process may still allocate: /proc/meminfo MemAvailable, lowered to the cgroup v2 limit's
+    remainder in a container. None where neither can be read (not Linux)."""
+    found: list[int] = []
+    try:
+        for line in Path("/proc/meminfo").read_text(encoding="ascii").splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text(encoding="ascii").strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text(encoding="ascii").strip())
+            found.append(max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
 
 
 @dataclass
@@ -108,7 +130,37 @@ class Reuse:
     """
 
     source: Path
-    fallback: Callable[[], bytes]
+    fallback: Callable[[], bytes | Streamed]
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """A file written by `write(handle)` straight to disk, hashed as it goes: no copy of it in memory.
+
+    Serialising a checkpoint into `bytes` first held a second copy of the model and optimizer state
+    (+0.6 GiB for MiniLM on CPU, docs/benchmarks.md); streamed, a write adds almost nothing.
+    """
+
+    write: Callable[[IO[bytes]], None]
+
+
+class _HashingWriter:
+    """A write-only file object that passes bytes on and keeps their SHA-256 and count."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle = handle
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self.digest.update(view)
+        self.handle.write(view)
+        self.size += view.nbytes
+        return view.nbytes
+
+    def flush(self) -> None:
+        self.handle.flush()
 
 
 def checkpoint_name(step: int) -> str:
@@ -128,8 +180,41 @@ def _fsync_directory(path: Path) -> None:
         os.close(descriptor)
 
 
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
+    torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], handle: IO[bytes]) -> None:
+    """Write `tensors` in the safetensors format to `handle`, one tensor at a time (no whole-file buffer).
+
+    The header lists the tensors in the given order with contiguous offsets, padded with spaces to a
+    multiple of 8 bytes, as the format specifies; `safetensors.torch.load_file` reads the result.
+    """
+    header: dict[str, Any] = {}
+    offset = 0
+    for name, tensor in tensors.items():
+        if tensor.dtype not in _SAFETENSORS_DTYPES:
+            raise TypeError(f"{name}: dtype {tensor.dtype} has no safetensors name")
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)
+    handle.write(len(encoded).to_bytes(8, "little"))
+    handle.write(encoded)
+    for tensor in tensors.values():
+        if tensor.numel():
+            flat = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)  # a view unless copied to CPU
+            handle.write(memoryview(flat.numpy()))
+
+
 def tensors_to_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
-    return save_safetensors_bytes({name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()})
+    buffer = io.BytesIO()
+    write_safetensors(tensors, buffer)
+    return buffer.getvalue()
 
 
 def state_dict_to_bytes(state: Any) -> bytes:
@@ -138,10 +223,18 @@ def state_dict_to_bytes(state: Any) -> bytes:
     return buffer.getvalue()
 
 
+def streamed_tensors(tensors: dict[str, torch.Tensor]) -> Streamed:
+    return Streamed(lambda handle: write_safetensors(tensors, handle))
+
+
+def streamed_state_dict(state: Any) -> Streamed:
+    return Streamed(lambda handle: torch.save(state, handle))
+
+
 def write_checkpoint(
     directory: Path,
     step: int,
-    files: dict[str, bytes | Reuse],
+    files: dict[str, bytes | Streamed | Reuse],
     keep: int,
     *,
     after_file: Callable[[], None] | None = None,
@@ -150,7 +243,8 @@ def write_checkpoint(
     """Atomically write `files` as checkpoint `step`, then prune to the newest `keep` (this one included).
 
     A `Reuse` value links (or, where links are impossible, copies) that file from an earlier
-    checkpoint; its manifest entry is carried over, so verification still checks its bytes. On any
+    checkpoint; its manifest entry is carried over, so verification still checks its bytes. A
+    `Streamed` value is written (and hashed) as it is serialised, never held in memory whole. On any
     error (a full disk) the temporary directory is removed and the error raised: earlier checkpoints
     are untouched. `after_file` is a test hook run after each file.
     """
@@ -171,10 +265,14 @@ def write_checkpoint(
                     (temporary / name).unlink(missing_ok=True)
                     payload = payload.fallback()
             with open(temporary / name, "wb") as handle:
-                handle.write(payload)
+                writer = _HashingWriter(handle)
+                if isinstance(payload, Streamed):
+                    payload.write(writer)  # type: ignore[arg-type]
+                else:
+                    writer.write(payload)
                 handle.flush()
                 os.fsync(handle.fileno())
-            manifest["files"][name] = {"size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+            manifest["files"][name] = {"size": writer.size, "sha256": writer.digest.hexdigest()}
             if after_file is not None:
                 after_file()
         with open(temporary / MANIFEST_FILE, "w", encoding="utf-8") as handle:
@@ -343,7 +441,7 @@ def remove_stale_temporaries(directory: Path, up_to_step: int | None = None) -> 
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    return load_safetensors_bytes(path.read_bytes())
+    return load_safetensors_file(path)  # read through a mapping: no whole-file bytes object first
 
 
 def read_state_dict(path: Path, map_location: torch.device | str = "cpu") -> Any:
@@ -554,6 +652,8 @@ class Checkpointer:
         self.records: list[WriteRecord] = []
         self._lock = DirectoryLock(directory) if directory is not None else None
         self._staging: dict[str, torch.Tensor] = {}
+        self._copy_cpu_tensors = True  # set per capture: False for a blocking save
+        self._warned_memory = False
         self._thread: threading.Thread | None = None
         self._pending: tuple[_Snapshot, float, bool] | None = None  # snapshot, save() start, blocking
         self._error: BaseException | None = None
@@ -677,8 +777,10 @@ class Checkpointer:
         if self.context.is_main:
             self._join()  # at most one write in flight; raises if the previous one failed
             if self.last_step != step:
-                snapshot = self._capture(step, reason, model, optimizer, scheduler, scaler, progress, best_state)
-                blocking = wait or not WRITE_IN_BACKGROUND
+                blocking = wait or not WRITE_IN_BACKGROUND or not self._room_for_staging(model, optimizer)
+                snapshot = self._capture(
+                    step, reason, model, optimizer, scheduler, scaler, progress, best_state, copy_tensors=not blocking
+                )
                 self._pending = (snapshot, started, blocking)
                 self._stall = time.perf_counter() - started
                 self._thread = threading.Thread(
@@ -694,6 +796,29 @@ class Checkpointer:
 
             barrier(self.context)
         return time.perf_counter() - started
+
+    def _room_for_staging(self, model: torch.nn.Module, optimizer: Any) -> bool:
+        """Whether a background write's staging copy fits; once a CPU run has its buffers, they are reused.
+
+        Without room the checkpoint is written while training waits, straight from the tensors (a CPU run)
+        or through a one-off copy (CUDA): slower, but never the reason a job runs out of memory."""
+        if self._staging:
+            return True
+        needed = sum(tensor.numel() * tensor.element_size() for tensor in model.state_dict().values())
+        needed += sum(
+            value.numel() * value.element_size()
+            for state in optimizer.state.values() for value in state.values() if isinstance(value, torch.Tensor)
+        )
+        headroom = memory_headroom()
+        if headroom is None or headroom >= STAGING_HEADROOM * needed:
+            return True
+        if not self._warned_memory:
+            self._warned_memory = True
+            self.log(
+                f"checkpoints are written while training waits: a background write needs a {needed / 2**30:.2f} GiB "
+                f"copy of the state and only {headroom / 2**30:.2f} GiB of memory is free"
+            )
+        return False
 
     def poll(self) -> None:
         """Log a write that has finished; raise CheckpointError for one that failed (rank 0; cheap)."""
@@ -747,11 +872,15 @@ class Checkpointer:
     # -------------------------------------------------------------------------------- capture
     def _capture(
         self, step: int, reason: str, model: torch.nn.Module, optimizer: Any, scheduler: Any, scaler: Any,
-        progress: Any, best_state: dict[str, torch.Tensor] | None,
+        progress: Any, best_state: dict[str, torch.Tensor] | None, *, copy_tensors: bool = True,
     ) -> _Snapshot:
+        """The state to write. `copy_tensors=False` (a blocking save: training waits for the write) takes CPU
+        tensors as they are instead of copying them into staging buffers, so a signal or final checkpoint of a
+        CPU run adds no second copy of the model and optimizer state to memory; CUDA tensors are always copied."""
         model_state = model.state_dict()
         require_finite(model_state, f"the model after step {step}")
         rng_json, rng_tensors = capture_rng()
+        self._copy_cpu_tensors = copy_tensors
         model_copy = {name: self._stage(f"model/{name}", tensor) for name, tensor in model_state.items()}
         optimizer_copy = self._copy_tree(optimizer.state_dict(), "optimizer")
         training_state = {
@@ -778,7 +907,10 @@ class Checkpointer:
         return _Snapshot(step, reason, model_copy, optimizer_copy, training_state, metadata, best_state, best_step, best_source)
 
     def _stage(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
-        """A CPU copy of `tensor` in a buffer reused from the previous checkpoint (pinned for CUDA tensors)."""
+        """A CPU copy of `tensor` in a buffer reused from the previous checkpoint (pinned for CUDA tensors);
+        the CPU tensor itself (detached) when this capture does not copy CPU tensors."""
+        if not tensor.is_cuda and not self._copy_cpu_tensors:
+            return tensor.detach()
         buffer = self._staging.get(key)
         if buffer is None or buffer.shape != tensor.shape or buffer.dtype != tensor.dtype:
             buffer = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=tensor.is_cuda)
@@ -809,22 +941,24 @@ class Checkpointer:
     def _write(self, snapshot: _Snapshot) -> None:
         try:
             started = time.perf_counter()
-            files: dict[str, bytes | Reuse] = {
-                MODEL_FILE: tensors_to_bytes(snapshot.model),
-                OPTIMIZER_FILE: state_dict_to_bytes(snapshot.optimizer),
+            files: dict[str, bytes | Streamed | Reuse] = {
+                MODEL_FILE: streamed_tensors(snapshot.model),
+                OPTIMIZER_FILE: streamed_state_dict(snapshot.optimizer),
                 TRAINING_STATE_FILE: state_dict_to_bytes(snapshot.training_state),
                 STATE_FILE: json.dumps(snapshot.metadata, indent=1, default=float).encode("utf-8"),
             }
             if snapshot.best_state is not None:
                 best_state = snapshot.best_state
                 files[BEST_MODEL_FILE] = (
-                    Reuse(snapshot.best_source, fallback=lambda: tensors_to_bytes(best_state))
+                    Reuse(snapshot.best_source, fallback=lambda: streamed_tensors(best_state))
                     if snapshot.best_source is not None
-                    else tensors_to_bytes(best_state)
+                    else streamed_tensors(best_state)
                 )
-            size = sum(len(payload) for payload in files.values() if isinstance(payload, bytes))
             assert self.directory is not None
             path = write_checkpoint(self.directory, snapshot.step, files, self.keep, after_file=self.after_file)
+            size = sum(
+                (path / name).stat().st_size for name, payload in files.items() if not isinstance(payload, Reuse)
+            )
             self._finished = (path, time.perf_counter() - started, size)
         except BaseException as error:  # handed to the training thread, which raises it
             self._error = error

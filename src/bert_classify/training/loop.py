@@ -236,6 +236,9 @@ class Trainer:
     def _setup_model(self) -> None:
         torch.manual_seed(self.config.seed)  # the fresh head's initialisation is reproducible
         model = modeling.load_for_training(self.config.model, self.class_names, self.config.freeze_encoder)
+        if self.config.gradient_checkpointing:
+            # non-reentrant: works with DDP and frozen layers, and restores the RNG so dropout recomputes alike
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model = model.to(self.context.device)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         if self.context.enabled:
