@@ -428,3 +428,11 @@ def test_balanced_class_weights_are_a_pos_weight_per_label() -> None:
 
     weights = multilabel_pos_weights(np.array([10, 50, 0, 100]), examples=100)
     assert weights.tolist() == [9.0, 1.0, 1.0, 0.0]  # negatives / positives; 1 without positives
+
+
+def test_multi_label_with_chunked_long_texts_is_refused_in_one_line(tmp_path: Path) -> None:
+    from bert_classify.config import TrainConfig
+    from bert_classify.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--long-texts chunk does not support multi-label data yet"):
+        TrainConfig(train=str(tmp_path / "t.jsonl"), multi_label=True, long_texts="chunk").validate()

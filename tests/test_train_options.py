@@ -21,6 +21,9 @@ from bert_classify.sagemaker.launch import LAUNCHER_OWNED_FLAGS, normalise_hyper
 from bert_classify.train_options import TRAIN_OPTIONS, TrainOption
 
 SAMPLE_VALUES = {int: "3", float: "0.05", str: "text", train_options.parse_learning_rate: "1e-4"}
+# Options that are refused without another one (config.py validation): sent together.
+# options refused without a companion option
+COMPANIONS = {"chunk-stride": {"long-texts": "chunk"}, "label-separator": {"multi-label": True}}
 
 
 def container_config(hyperparameters: dict[str, str], tmp_path: Path) -> TrainConfig:
@@ -66,8 +69,7 @@ def test_every_valued_option_reaches_the_container_config(option: TrainOption, t
     text = option.choices[-1] if option.choices else SAMPLE_VALUES[option.parse]
     if option.flag == "reader":
         pytest.skip("a plug-in reader is imported by train; its value is checked there")
-    needs = {"multi-label": True} if option.flag == "label-separator" else {}  # refused without --multi-label
-    hyperparameters = normalise_hyperparameters({option.flag: text, **needs})
+    hyperparameters = normalise_hyperparameters({**COMPANIONS.get(option.flag, {}), option.flag: text})
     config = container_config(hyperparameters, tmp_path)
     assert getattr(config, option.field) == (option.parse(text) if option.parse else text)
 

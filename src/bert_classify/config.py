@@ -17,12 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from bert_classify.errors import ConfigError
+from bert_classify.inference.windows import AGGREGATIONS, DEFAULT_AGGREGATION, LONG_TEXT_MODES
 from bert_classify.precision import PRECISIONS
 
 # micro_f1 equals accuracy for single-label data; for multi-label data accuracy is subset (exact-match) accuracy.
 BEST_METRICS = ("macro_f1", "micro_f1", "accuracy", "loss")
 DATA_FORMATS = ("auto", "dbpedia", "csv", "jsonl")
 DEFAULT_MODEL = "bert-base-uncased"
+MULTI_LABEL_CHUNK_REFUSED = (
+    "--long-texts chunk does not support multi-label data yet (list labels or --multi-label); use --long-texts "
+    "truncate (the default), or split long documents into shorter texts that each carry the labels."
+)
 # The shortest input worth classifying: [CLS], one token of text, [SEP]. Training, predict,
 # evaluate and serve all refuse a shorter --max-seq-len.
 MIN_SEQ_LEN = 3
@@ -69,6 +74,11 @@ class TrainConfig:
     model: str = DEFAULT_MODEL
     freeze_encoder: bool = False
     max_seq_len: int = 128
+    # long documents: "truncate" keeps the first --max-seq-len tokens; "chunk" trains and predicts on
+    # overlapping windows (inference/windows.py), consecutive windows sharing chunk_stride tokens
+    long_texts: str = "truncate"
+    chunk_stride: int | None = None  # None: a quarter of --max-seq-len
+    chunk_aggregation: str = DEFAULT_AGGREGATION
     # optimisation
     epochs: int = 3
     max_steps: int | None = None
@@ -118,6 +128,7 @@ class TrainConfig:
             raise ConfigError(
                 f"--class-weights must be one of {', '.join(CLASS_WEIGHT_MODES)}, not '{self.class_weights}'."
             )
+        self._validate_long_texts()
         _positive_int("--epochs", self.epochs)
         _positive_int("--batch-size", self.batch_size)
         _positive_int("--grad-accum-steps", self.grad_accum_steps)
@@ -174,6 +185,26 @@ class TrainConfig:
             if path and not self.reader and not Path(path).exists():
                 raise ConfigError(f"{flag}: file not found: {path}")
         return self
+
+    def _validate_long_texts(self) -> None:
+        if self.long_texts not in LONG_TEXT_MODES:
+            raise ConfigError(f"--long-texts must be one of {', '.join(LONG_TEXT_MODES)}, not '{self.long_texts}'.")
+        if self.chunk_aggregation not in AGGREGATIONS:
+            raise ConfigError(
+                f"--chunk-aggregation must be one of {', '.join(AGGREGATIONS)}, not '{self.chunk_aggregation}'."
+            )
+        if self.long_texts == "chunk" and self.multi_label:
+            raise ConfigError(MULTI_LABEL_CHUNK_REFUSED)
+        if self.chunk_stride is None:
+            return
+        if self.long_texts != "chunk":
+            raise ConfigError("--chunk-stride applies to --long-texts chunk; add --long-texts chunk or drop --chunk-stride.")
+        limit = self.max_seq_len // 2 if isinstance(self.max_seq_len, int) else 0
+        if isinstance(self.chunk_stride, bool) or not isinstance(self.chunk_stride, int) or not 0 <= self.chunk_stride <= limit:
+            raise ConfigError(
+                f"--chunk-stride (tokens shared by consecutive windows) must be a whole number from 0 to {limit} "
+                f"(half of --max-seq-len {self.max_seq_len}), not {self.chunk_stride!r}."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -324,6 +324,9 @@ def evaluate_model(
     reader: str | None = None,
     label_separator: str = "|",
     precision: str = "auto",
+    long_texts: str | None = None,
+    chunk_aggregation: str | None = None,
+    max_windows: int | None = None,
 ) -> dict[str, Any]:
     """Run a saved model over labelled data; write metrics.json, report.txt and confusion_matrix.png.
 
@@ -336,12 +339,15 @@ def evaluate_model(
     check: it must list the model's classes in the model's order, else DataError saying which
     differ. `reader` ('package.module:ClassName') reads the data with a plug-in instead. `precision`
     as for `Classifier.from_pretrained` (what predict/serve run). Returns the metrics dict (plus
-    "model", "data" and "precision").
+    "model", "data" and "precision"). `long_texts`, `chunk_aggregation`, `max_windows`: as for
+    `Classifier.from_pretrained` (default: the model's own); with chunk, one prediction per text.
     """
     from bert_classify.data import load_labeled_data, read_class_names
     from bert_classify.inference.predictor import Classifier
 
-    classifier = Classifier.from_pretrained(model_dir, max_length=max_seq_len, precision=precision)
+    classifier = Classifier.from_pretrained(
+        model_dir, max_length=max_seq_len, precision=precision, **_long_texts_arguments(long_texts, chunk_aggregation, max_windows)
+    )
     model_classes = list(classifier.class_names)
     if classes is not None:
         _check_same_classes(read_class_names(classes), model_classes, os.fspath(classes), os.fspath(model_dir))
@@ -373,6 +379,13 @@ def evaluate_model(
         title=f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f} (n={metrics['num_examples']})",
     )
     return metrics
+
+
+def _long_texts_arguments(long_texts: str | None, chunk_aggregation: str | None, max_windows: int | None) -> dict[str, Any]:
+    arguments: dict[str, Any] = {"long_texts": long_texts, "chunk_aggregation": chunk_aggregation}
+    if max_windows is not None:
+        arguments["max_windows"] = max_windows
+    return arguments
 
 
 def _check_same_classes(given: list[str], model: list[str], classes_path: str, model_dir: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from bert_classify.config import BEST_METRICS, CLASS_WEIGHT_MODES, DATA_FORMATS, DEFAULT_MODEL, PRECISIONS
 from bert_classify.errors import ConfigError
+from bert_classify.inference.windows import AGGREGATIONS, DEFAULT_AGGREGATION, LONG_TEXT_MODES
 
 
 def parse_learning_rate(value: str) -> float | None:
@@ -90,6 +91,21 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
     TrainOption("model", "model", "model", f"Hugging Face id or local directory (default: {DEFAULT_MODEL})", launcher_owned=True),
     TrainOption("freeze-encoder", "freeze_encoder", "model", "train only the classification head", None, switch=True),
     TrainOption("max-seq-len", "max_seq_len", "model", "truncate inputs to this many tokens (default: 128)", int),
+    TrainOption(
+        "long-texts", "long_texts", "model",
+        "texts longer than --max-seq-len: truncate (keep the start), or chunk into overlapping windows whose "
+        "outputs are combined per text; saved with the model (default: truncate)", choices=LONG_TEXT_MODES,
+    ),  # fmt: skip
+    TrainOption(
+        "chunk-stride", "chunk_stride", "model",
+        "with --long-texts chunk: tokens shared by consecutive windows, 0 to --max-seq-len/2 "
+        "(default: a quarter of --max-seq-len)", int,
+    ),  # fmt: skip
+    TrainOption(
+        "chunk-aggregation", "chunk_aggregation", "model",
+        f"with --long-texts chunk: how the windows' outputs make one prediction (default: {DEFAULT_AGGREGATION})",
+        choices=AGGREGATIONS,
+    ),  # fmt: skip
     # optimisation
     TrainOption("epochs", "epochs", "optimisation", "passes over the training data (default: 3)", int),
     TrainOption("max-steps", "max_steps", "optimisation", "stop after this many optimizer steps", int),

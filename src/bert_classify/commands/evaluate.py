@@ -41,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="as for predict: auto = bf16 autocast where the device has native bf16, else fp32 (default: auto)",
     )
+    from bert_classify.commands.inference import add_long_texts_options
+
+    add_long_texts_options(parser)
     parser.add_argument("--output-dir", required=True, help="where metrics.json, report.txt and confusion_matrix.png go")
     parser.set_defaults(func=run)
 
@@ -69,6 +72,9 @@ def run(args: argparse.Namespace) -> int:
         reader=args.reader,
         label_separator=args.label_separator,
         precision=args.precision,
+        long_texts=args.long_texts,
+        chunk_aggregation=args.chunk_aggregation,
+        max_windows=args.max_windows_per_text,
     )
     output = Path(args.output_dir)
     print(f"examples: {metrics['num_examples']}")

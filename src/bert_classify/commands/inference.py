@@ -22,6 +22,7 @@ from bert_classify.inference.predictor import (
     INFERENCE_PRECISIONS,
     RUNTIMES,
 )
+from bert_classify.inference.windows import AGGREGATIONS, DEFAULT_MAX_WINDOWS, LONG_TEXT_MODES
 
 # Where SageMaker hosting extracts model.tar.gz; the default model of `serve` in a container.
 SAGEMAKER_MODEL_DIR = "/opt/ml/model"
@@ -60,6 +61,30 @@ def _add_model_options(parser: argparse.ArgumentParser, *, model_required: bool 
     )
     # The old name, kept working but out of --help.
     model.add_argument("--max-length", dest="max_seq_len", type=int, default=None, help=argparse.SUPPRESS)
+    add_long_texts_options(model)
+
+
+def add_long_texts_options(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    """--long-texts, --chunk-aggregation, --max-windows-per-text of predict, serve and evaluate."""
+    group.add_argument(
+        "--long-texts",
+        choices=LONG_TEXT_MODES,
+        default=None,
+        help="texts longer than --max-seq-len: truncate, or chunk into overlapping windows combined per text "
+        "(default: what the model was trained with)",
+    )
+    group.add_argument(
+        "--chunk-aggregation",
+        choices=AGGREGATIONS,
+        default=None,
+        help="with chunk: how the windows' outputs make one prediction (default: the model's)",
+    )
+    group.add_argument(
+        "--max-windows-per-text",
+        type=int,
+        default=DEFAULT_MAX_WINDOWS,
+        help=f"with chunk: a longer text is classified from its first windows, with a warning (default: {DEFAULT_MAX_WINDOWS})",
+    )
 
 
 def _load(args: argparse.Namespace):  # -> Classifier; import kept lazy so that --help stays fast
@@ -72,6 +97,9 @@ def _load(args: argparse.Namespace):  # -> Classifier; import kept lazy so that 
         onnx_file=args.onnx_file,
         max_length=args.max_seq_len,
         precision=args.precision,
+        long_texts=args.long_texts,
+        chunk_aggregation=args.chunk_aggregation,
+        max_windows=args.max_windows_per_text,
     )
 
 

@@ -4,9 +4,11 @@ Layout of one cache entry `<cache-root>/<key>/`: `meta.json` (the header: key in
 data digests, and for each array its dtype, shape, size and sha256) and raw little-endian arrays
 `{train,val}.{ids,offsets,labels}.bin` (token ids int32, row offsets int64, labels int64; for
 multi-label data, meta "multi_label": true, the labels are an N x C uint8 multi-hot array) read with
-np.memmap: no pickle, no code in the files. The key is a digest of the data files' bytes, the reading
-options, the tokenizer's full serialisation and the truncation length, so a change to any of them
-selects a different entry. A file lock lets one process per node build while the others wait and
+np.memmap: no pickle, no code in the files. With `--long-texts chunk` a row is one window of a
+document and `{train,val}.documents.bin` (int64) holds each row's 0-based document, so validation can
+combine a document's windows (inference/windows.py). The key is a digest of the data files' bytes, the reading
+options, the tokenizer's full serialisation, the truncation length and the long-text mode and stride,
+so a change to any of them selects a different entry. A file lock lets one process per node build while the others wait and
 then map the same files read-only (the OS page cache holds one copy per node). An entry is verified
 (sizes, checksums, offsets) before use; a damaged one is removed and rebuilt, never trusted.
 """
@@ -15,9 +17,11 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,6 +33,8 @@ from typing import Any
 import numpy as np
 
 from bert_classify.data.labels import LabeledData
+from bert_classify.errors import ConfigError
+from bert_classify.inference.windows import Windowing
 
 CACHE_FORMAT = 1
 # The cache directory inside --checkpoint-dir (SageMaker copies it to S3 and back with the checkpoints).
@@ -36,6 +42,7 @@ CHECKPOINT_SUBDIRECTORY = "token-cache"
 META_FILE = "meta.json"
 SPLITS = ("train", "val")
 _ARRAYS = {"ids": np.int32, "offsets": np.int64, "labels": np.int64}
+DOCUMENTS_ARRAY = "documents"  # int64, one per row, only in entries built with --long-texts chunk
 # Texts per call of the tokenizer's batch encoder: big enough to keep every core busy, small enough
 # that one chunk's encodings (ids, tokens, offsets per token) stay a few tens of MB.
 TOKENIZE_CHUNK = 4096
@@ -49,11 +56,15 @@ class CacheDamaged(Exception):
 @dataclass
 class TokenArrays:
     """Token ids of N texts, flat: text i is ids[offsets[i]:offsets[i+1]]; labels[i] its 0-based label
-    (multi-label: labels is N x C uint8, row i the multi-hot vector of text i's labels)."""
+    (multi-label: labels is N x C uint8, row i the multi-hot vector of text i's labels).
+
+    With --long-texts chunk the rows are windows and documents[i] is row i's 0-based document (rows of a
+    document are consecutive); None when every row is a whole (truncated) document."""
 
     ids: np.ndarray
     offsets: np.ndarray
     labels: np.ndarray
+    documents: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -64,6 +75,12 @@ class TokenArrays:
     @property
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
+
+    @property
+    def num_documents(self) -> int:
+        if self.documents is None:
+            return len(self.labels)
+        return int(self.documents[-1]) + 1 if len(self.documents) else 0
 
 
 @dataclass
@@ -140,7 +157,37 @@ def tokenize_to_files(
     return len(texts), total
 
 
-def _batch_encoder(tokenizer: Any, max_length: int) -> Callable[[list[str]], list[list[int]]]:
+def tokenize_windows_to_files(
+    texts: Sequence[str], tokenizer: Any, windowing: Windowing, ids_path: Path, offsets_path: Path, documents_path: Path
+) -> tuple[int, int]:
+    """`tokenize_to_files` for --long-texts chunk: each text tokenised whole (no special tokens), cut into the
+    windows of `windowing`, one row per window; `documents_path` gets each row's 0-based text (int64).
+    Returns (rows, tokens)."""
+    encode = _batch_encoder(tokenizer, None)
+    rows = total = 0
+    with (
+        open(ids_path, "wb") as ids_file, open(offsets_path, "wb") as offsets_file,
+        open(documents_path, "wb") as documents_file, _parallel_tokenizers(),
+    ):
+        np.zeros(1, dtype=np.int64).tofile(offsets_file)
+        for start in range(0, len(texts), TOKENIZE_CHUNK):
+            windows, documents = [], []
+            for number, content in enumerate(encode(list(texts[start : start + TOKENIZE_CHUNK])), start=start):
+                split = windowing.split(content)
+                windows.extend(split)
+                documents.extend([number] * len(split))
+            lengths = np.fromiter((len(ids) for ids in windows), dtype=np.int64, count=len(windows))
+            flat = np.fromiter((i for ids in windows for i in ids), dtype=np.int32, count=int(lengths.sum()))
+            flat.tofile(ids_file)
+            (total + np.cumsum(lengths)).tofile(offsets_file)
+            np.asarray(documents, dtype=np.int64).tofile(documents_file)
+            total += int(lengths.sum())
+            rows += len(windows)
+    return rows, total
+
+
+def _batch_encoder(tokenizer: Any, max_length: int | None) -> Callable[[list[str]], list[list[int]]]:
+    """Token ids per text: truncated to `max_length` with special tokens, or (None) whole, without them."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         from tokenizers import Tokenizer
@@ -148,23 +195,41 @@ def _batch_encoder(tokenizer: Any, max_length: int) -> Callable[[list[str]], lis
         # a private copy: truncation settings never leak into the tokenizer that is saved with the model
         private = Tokenizer.from_str(backend.to_str())
         private.no_padding()
-        private.enable_truncation(max_length=max_length)
-        return lambda texts: [encoding.ids for encoding in private.encode_batch(texts, add_special_tokens=True)]
+        if max_length is None:
+            private.no_truncation()
+        else:
+            private.enable_truncation(max_length=max_length)
+        special = max_length is not None
+        return lambda texts: [encoding.ids for encoding in private.encode_batch(texts, add_special_tokens=special)]
 
     def slow(texts: list[str]) -> list[list[int]]:
+        whole = {"add_special_tokens": False, "verbose": False} if max_length is None else {}
         encoded = tokenizer(
-            texts, truncation=True, max_length=max_length, padding=False,
-            return_attention_mask=False, return_token_type_ids=False,
+            texts, truncation=max_length is not None, max_length=max_length, padding=False,
+            return_attention_mask=False, return_token_type_ids=False, **whole,
         )
         return list(encoded["input_ids"])
 
     return slow
 
 
+# Whether this process has run the fast tokenizer's thread pool (below), and whether it is a builder child
+# forked after that: the pool's threads do not survive a fork, so such a child must tokenise on one thread
+# (forcing parallelism there deadlocks, e.g. a second train() in one process, or a test session).
+_POOL_STARTED = False
+_POOL_LOST_IN_FORK = False
+
+
 @contextmanager
 def _parallel_tokenizers() -> Iterator[None]:
     """The fast tokenizer's batch encoder over all cores, even where TOKENIZERS_PARALLELISM=false was set to
-    silence its fork warning (nothing forks while we tokenise)."""
+    silence its fork warning (nothing forks while we tokenise); one thread in a child forked after the pool ran."""
+    global _POOL_STARTED
+    if _POOL_LOST_IN_FORK:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        yield
+        return
+    _POOL_STARTED = True
     previous = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "true"
     try:
@@ -210,22 +275,26 @@ def _multi_hot_rows(flat: np.ndarray, class_count: int, split: str) -> np.ndarra
 
 def _write_entry(
     directory: Path, read: Callable[[], tuple[LabeledData, LabeledData]], tokenizer: Any, max_length: int,
-    key: str, key_inputs: dict[str, Any],
+    key: str, key_inputs: dict[str, Any], windowing: Windowing | None = None,
 ) -> None:
     train_data, val_data = read()
     class_names = list(train_data.class_names)
     digests, arrays = {}, {}
     for split, data in (("train", train_data), ("val", val_data)):
         digests[split] = data_digest(data.texts, data.labels)
-        tokenize_to_files(
-            data.texts, tokenizer, max_length, directory / f"{split}.ids.bin", directory / f"{split}.offsets.bin"
-        )
-        _label_array(data).tofile(directory / f"{split}.labels.bin")
+        if windowing is None:
+            tokenize_to_files(
+                data.texts, tokenizer, max_length, directory / f"{split}.ids.bin", directory / f"{split}.offsets.bin"
+            )
+            _label_array(data).tofile(directory / f"{split}.labels.bin")
+        else:  # single-label only: multi-label data with --long-texts chunk is refused before this
+            _write_windows(directory, split, data, tokenizer, windowing)
     multi_label = train_data.multi_label
     del train_data, val_data, data  # the texts go now; only the arrays on disk remain
     _return_freed_memory()
+    names = {**_ARRAYS, DOCUMENTS_ARRAY: np.int64} if windowing is not None else _ARRAYS
     for split in SPLITS:
-        for name, dtype in _ARRAYS.items():
+        for name, dtype in names.items():
             dtype = np.uint8 if multi_label and name == "labels" else dtype
             path = directory / f"{split}.{name}.bin"
             size = path.stat().st_size
@@ -242,6 +311,20 @@ def _write_entry(
         json.dump(meta, handle, indent=1)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def _write_windows(directory: Path, split: str, data: LabeledData, tokenizer: Any, windowing: Windowing) -> None:
+    """One split as windows: ids/offsets per window, documents per window, each window labelled as its document."""
+    if data.multi_label:  # list labels detected in the data, without --multi-label on the command line
+        from bert_classify.config import MULTI_LABEL_CHUNK_REFUSED
+
+        raise ConfigError(f"{data.source}: {MULTI_LABEL_CHUNK_REFUSED}")
+    documents_path = directory / f"{split}.{DOCUMENTS_ARRAY}.bin"
+    tokenize_windows_to_files(
+        data.texts, tokenizer, windowing, directory / f"{split}.ids.bin", directory / f"{split}.offsets.bin", documents_path
+    )
+    documents = np.fromfile(documents_path, dtype=np.int64)
+    np.asarray(data.labels, dtype=np.int64)[documents].tofile(directory / f"{split}.labels.bin")
 
 
 def _map_entry(directory: Path, key: str | None, verify: bool = True) -> TokenData:
@@ -274,7 +357,10 @@ def _map_entry(directory: Path, key: str | None, verify: bool = True) -> TokenDa
                 raise CacheDamaged(f"{split} offsets do not match the ids")
             if not multi_label and len(labels) and (labels.min() < 0 or labels.max() >= len(meta["class_names"])):
                 raise CacheDamaged(f"{split} labels outside the class list")
-            splits[split] = TokenArrays(ids=ids, offsets=offsets, labels=labels)
+            documents = mapped.get(f"{split}.{DOCUMENTS_ARRAY}")
+            if documents is not None and not _documents_sound(documents, len(labels)):
+                raise CacheDamaged(f"{split} document indices do not match the windows")
+            splits[split] = TokenArrays(ids=ids, offsets=offsets, labels=labels, documents=documents)
     except (KeyError, TypeError, ValueError) as error:
         raise CacheDamaged(f"{META_FILE} is malformed ({error})") from None
     return TokenData(
@@ -283,9 +369,19 @@ def _map_entry(directory: Path, key: str | None, verify: bool = True) -> TokenDa
     )
 
 
+def _documents_sound(documents: np.ndarray, rows: int) -> bool:
+    """One index per row, starting at 0 and each row's the same as or one more than the row before."""
+    if len(documents) != rows:
+        return False
+    if not rows:
+        return True
+    steps = np.diff(documents)
+    return bool(documents[0] == 0 and ((steps == 0) | (steps == 1)).all())
+
+
 def _write_entry_in_child(
     directory: Path, read: Callable[[], tuple[LabeledData, LabeledData]], tokenizer: Any, max_length: int,
-    key: str, key_inputs: dict[str, Any],
+    key: str, key_inputs: dict[str, Any], windowing: Windowing | None = None,
 ) -> None:
     """`_write_entry` in a forked child process, so that the heap the texts took (hundreds of MB at 560,000
     rows, which glibc does not fully hand back) leaves with the child instead of staying under training.
@@ -293,7 +389,8 @@ def _write_entry_in_child(
     The child reads, tokenises and writes; the parent waits. A user error in the child (a DataError naming
     file and line) is raised again in the parent with the same type and message; anything else is raised
     as a RuntimeError carrying the child's traceback. A child killed by a signal (the kernel's OOM killer)
-    is reported as such; nothing half-written is used (the caller removes the directory).
+    is reported as such; nothing half-written is used (the caller removes the directory). What the child
+    prints (the data warnings of the read step) is captured and printed by the parent when the child ends.
     """
     import signal
     import traceback
@@ -304,18 +401,23 @@ def _write_entry_in_child(
     pid = os.fork()
     if pid == 0:  # the child: never returns into the caller's code
         status = 0
+        report: dict[str, Any] = {}
+        # what the child prints (warnings about the data) is handed to the parent, which prints it as its own
+        captured_out, captured_err = io.StringIO(), io.StringIO()
+        sys.stdout, sys.stderr = captured_out, captured_err
         try:
             os.close(reader)
-            _write_entry(directory, read, tokenizer, max_length, key, key_inputs)
+            _write_entry(directory, read, tokenizer, max_length, key, key_inputs, windowing)
         except BaseException as error:  # noqa: BLE001 - everything goes back to the parent
             status = 1
             report = {"type": type(error).__name__, "message": str(error), "traceback": traceback.format_exc()}
+        finally:
+            report.update(stdout=captured_out.getvalue(), stderr=captured_err.getvalue())
             try:
                 with os.fdopen(writer, "wb") as channel:
                     channel.write(json.dumps(report).encode("utf-8"))
             except OSError:
                 pass
-        finally:
             os._exit(status)
     os.close(writer)
     try:
@@ -337,9 +439,13 @@ def _write_entry_in_child(
         raise RuntimeError(
             f"tokenising the data was stopped by {name} in its builder process (killed for lack of memory?)"
         )
+    report = json.loads(b"".join(chunks).decode("utf-8") or "{}")
+    for stream, text in ((sys.stdout, report.get("stdout")), (sys.stderr, report.get("stderr"))):
+        if text:
+            stream.write(text)
+            stream.flush()
     if os.waitstatus_to_exitcode(status) == 0:
         return
-    report = json.loads(b"".join(chunks).decode("utf-8") or "{}")
     error_type = getattr(errors, str(report.get("type")), None)
     if isinstance(error_type, type) and issubclass(error_type, errors.BertClassifyError):
         raise error_type(report.get("message", ""))
@@ -365,6 +471,7 @@ def load_or_build(
     key_inputs: dict[str, Any] | None,
     log: Callable[[str], None] = print,
     in_child: bool | None = None,
+    windowing: Windowing | None = None,
 ) -> TokenData:
     """The tokenised train/val data: mapped from `cache_root` when a sound entry exists, else built there.
 
@@ -373,18 +480,21 @@ def load_or_build(
     `cache_root` builds into a temporary directory that is mapped and then unlinked, so the same flat
     arrays are used and the texts are still dropped, but nothing is kept for a restart. `in_child` (default:
     wherever `os.fork` exists) reads and tokenises in a forked child process, so the texts' heap never
-    stays in this one; BERT_CLASSIFY_TOKENIZE_IN_PROCESS=1 turns that off.
+    stays in this one; BERT_CLASSIFY_TOKENIZE_IN_PROCESS=1 turns that off. `windowing` (--long-texts chunk)
+    stores each text as its windows, with the per-row document index.
     """
     if in_child is None:
         in_child = hasattr(os, "fork") and os.environ.get("BERT_CLASSIFY_TOKENIZE_IN_PROCESS", "") in ("", "0")
     write = _write_entry_in_child if in_child else _write_entry
     if cache_root is None or key_inputs is None:
         with tempfile.TemporaryDirectory(prefix="bert-classify-tokens-") as temporary:
-            write(Path(temporary), read, tokenizer, max_length, "uncached", {})
+            write(Path(temporary), read, tokenizer, max_length, "uncached", {}, windowing)
             data = _map_entry(Path(temporary), None, verify=False)
         data.path, data.built = None, True  # the mapping outlives the unlinked files
         return data
     inputs = {**key_inputs, "tokenizer": tokenizer_identity(tokenizer), "max_length": max_length}
+    if windowing is not None:  # absent for truncation: the keys of existing entries stay the same
+        inputs["long_texts"] = {"mode": "chunk", "stride": windowing.stride, "max_windows": windowing.max_windows}
     key = cache_key(inputs)
     cache_root.mkdir(parents=True, exist_ok=True)
     entry = cache_root / key[:32]
@@ -402,7 +512,7 @@ def load_or_build(
         started = time.perf_counter()
         temporary = Path(tempfile.mkdtemp(prefix=f".{key[:32]}.building-", dir=cache_root))
         try:
-            write(temporary, read, tokenizer, max_length, key, inputs)
+            write(temporary, read, tokenizer, max_length, key, inputs, windowing)
             os.replace(temporary, entry)
         except BaseException:
             shutil.rmtree(temporary, ignore_errors=True)

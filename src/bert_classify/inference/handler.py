@@ -13,7 +13,9 @@ first client request does not pay the first forward pass (the Hugging Face toolk
 Environment: BERT_CLASSIFY_RUNTIME (torch|onnx, default torch), BERT_CLASSIFY_ONNX_FILE,
 BERT_CLASSIFY_PRECISION (auto|fp32|bf16, default auto),
 BERT_CLASSIFY_MAX_TEXTS (per request, default 1000), BERT_CLASSIFY_MAX_BODY_BYTES (default 6 MB),
-BERT_CLASSIFY_BATCH_SIZE (default 32), BERT_CLASSIFY_WARMUP (1|0, default 1).
+BERT_CLASSIFY_BATCH_SIZE (default 32), BERT_CLASSIFY_WARMUP (1|0, default 1),
+BERT_CLASSIFY_MAX_WINDOWS (windows per text at most, for a model trained with --long-texts chunk; default 64).
+Long texts are handled as the model was trained (config.json `long_texts`): truncated, or windows combined per text.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from bert_classify.errors import BertClassifyError
 from bert_classify.inference import codec
 from bert_classify.inference.codec import InferenceRequest, RequestError
 from bert_classify.inference.predictor import DEFAULT_BATCH_SIZE, Classifier
+from bert_classify.inference.windows import DEFAULT_MAX_WINDOWS
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +87,7 @@ def model_fn(model_dir: str, context: Any = None) -> Classifier:
         runtime=os.environ.get("BERT_CLASSIFY_RUNTIME", "torch"),
         onnx_file=os.environ.get("BERT_CLASSIFY_ONNX_FILE") or None,
         precision=os.environ.get("BERT_CLASSIFY_PRECISION", "auto"),
+        max_windows=_env_int("BERT_CLASSIFY_MAX_WINDOWS", DEFAULT_MAX_WINDOWS),
     )
     if os.environ.get("BERT_CLASSIFY_WARMUP", "1") != "0":
         model_warmup_fn(model_dir, model)

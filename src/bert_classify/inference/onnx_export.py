@@ -40,7 +40,8 @@ def export_onnx(model_dir: Path, output_dir: Path | None = None, *, quantize: bo
 
     model_dir = Path(model_dir)
     output_dir = Path(output_dir) if output_dir is not None else model_dir / ONNX_DIR
-    classifier = Classifier.from_pretrained(model_dir, device="cpu", precision="fp32")
+    # truncate: the traced graph and the parity check need plain token-id rows, not per-text windows
+    classifier = Classifier.from_pretrained(model_dir, device="cpu", precision="fp32", long_texts="truncate")
     model = classifier.torch_model
     # Eager attention traces to plain MatMul/Softmax with the padding mask kept as a graph input.
     if hasattr(model, "set_attn_implementation"):

@@ -20,6 +20,15 @@ import numpy as np
 from bert_classify import precision as precisions
 from bert_classify.data.collate import pad_batch
 from bert_classify.errors import BertClassifyError, ConfigError
+from bert_classify.inference.windows import (
+    AGGREGATIONS,
+    DEFAULT_AGGREGATION,
+    DEFAULT_MAX_WINDOWS,
+    LONG_TEXT_MODES,
+    Windowing,
+    Windows,
+    aggregate_windows,
+)
 
 RUNTIMES = ("torch", "onnx")
 # Numeric precision of the torch runtime: the choices and the "auto" rule live in bert_classify.precision.
@@ -90,6 +99,12 @@ class Classifier:
     threshold (config.label_thresholds, tuned by `train`; 0.5 where absent), highest score first. `encode` + `predict_encoded` split `predict_proba` in two, so that the server
     tokenises (and refuses) each request on its own before merging requests into one batch.
 
+    Long texts follow the model's training (config.json `long_texts`): truncated at `max_length`, or, for a
+    model trained with `--long-texts chunk`, cut into overlapping windows (at most `max_windows` per text;
+    beyond that the text's first windows are used and a warning is logged) whose outputs are combined into
+    one prediction per text by `aggregation` (inference/windows.py). `encode` then returns a `Windows` per
+    text, which the server's batcher counts as one text.
+
     Raises `BertClassifyError` (ConfigError) for a directory that is not a classification model,
     a runtime it does not know, a missing ONNX file, or bad arguments (non-string texts, texts
     that are not valid Unicode, `top_k < 1`, `batch_size < 1`).
@@ -107,6 +122,8 @@ class Classifier:
         runtime: str = "torch",
         device: str = "cpu",
         precision: str = "fp32",
+        windowing: Windowing | None = None,
+        aggregation: str = DEFAULT_AGGREGATION,
     ) -> None:
         self.backend = backend
         self.tokenizer = tokenizer
@@ -121,6 +138,8 @@ class Classifier:
         self.precision = precision  # what runs: "fp32", "bf16" (torch autocast) or the ONNX file's own
         self.pad_token_id = int(tokenizer.pad_token_id)
         self.pad_left = getattr(tokenizer, "padding_side", "right") == "left"
+        self.windowing = windowing  # None: truncate long texts
+        self.aggregation = aggregation
 
     # --------------------------------------------------------------------------------- loading
     @classmethod
@@ -133,6 +152,9 @@ class Classifier:
         onnx_file: str | os.PathLike[str] | None = None,
         max_length: int | None = None,
         precision: str = "auto",
+        long_texts: str | None = None,
+        chunk_aggregation: str | None = None,
+        max_windows: int = DEFAULT_MAX_WINDOWS,
     ) -> Classifier:
         """Load a `save_pretrained` directory (or a `model.tar.gz` built by `bert-classify package`).
 
@@ -143,6 +165,8 @@ class Classifier:
         `bert-classify train` sets to its `--max-seq-len`, capped by the model's position table.
         `precision` (torch runtime): "auto" runs bf16 autocast where the device computes bf16 natively
         (bf16 GPUs; CPUs with AVX512-BF16/AMX), else fp32; "fp32" or "bf16" forces one.
+        `long_texts` ("truncate" or "chunk"), `chunk_aggregation`: default the model's own (config.json, written
+        by `train --long-texts`); `max_windows`: windows per text at most with chunk (default 64).
         """
         if runtime not in RUNTIMES:
             raise ConfigError(f"--runtime: '{runtime}' is not one of {', '.join(RUNTIMES)}.")
@@ -160,7 +184,8 @@ class Classifier:
             with tempfile.TemporaryDirectory(prefix="bert-classify-model-") as extracted:
                 extract_archive(path, Path(extracted))
                 return cls.from_pretrained(
-                    extracted, device, runtime=runtime, onnx_file=onnx_file, max_length=max_length, precision=precision
+                    extracted, device, runtime=runtime, onnx_file=onnx_file, max_length=max_length, precision=precision,
+                    long_texts=long_texts, chunk_aggregation=chunk_aggregation, max_windows=max_windows,
                 )
         if not (path / "config.json").is_file():
             raise ConfigError(
@@ -182,6 +207,9 @@ class Classifier:
             )
         class_names = _class_names(model_config)
         multi_label = getattr(model_config, "problem_type", None) == "multi_label_classification"
+        windowing, aggregation = _long_texts_settings(
+            model_config, tokenizer, max_length, long_texts, chunk_aggregation, max_windows, path
+        )
 
         if runtime == "onnx":
             from bert_classify.inference.onnx_runtime import OnnxBackend
@@ -212,6 +240,8 @@ class Classifier:
             runtime=runtime,
             device=device_name,
             precision=resolved,
+            windowing=windowing,
+            aggregation=aggregation,
         )
 
     # ------------------------------------------------------------------------------ prediction
@@ -221,15 +251,40 @@ class Classifier:
         return getattr(self.backend, "model", None)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids per text, truncated at `max_length`, unpadded. Raises BertClassifyError for bad texts."""
+        """Token ids per text, truncated at `max_length`, unpadded (with chunk: a `Windows` of token-id lists
+        per text). Raises BertClassifyError for bad texts."""
         texts = _check_texts(texts)
         if not texts:
             return []
+        if self.windowing is not None:
+            return self._encode_windows(texts)
         return list(
             self.tokenizer(
                 texts, truncation=True, max_length=self.max_length, padding=False, return_attention_mask=False
             )["input_ids"]
         )
+
+    def _encode_windows(self, texts: list[str]) -> list[Any]:
+        windowing = self.windowing
+        assert windowing is not None
+        contents = self.tokenizer(
+            texts, add_special_tokens=False, truncation=False, padding=False, return_attention_mask=False,
+            return_token_type_ids=False, verbose=False,
+        )["input_ids"]
+        encoded = []
+        for number, content in enumerate(contents):
+            windows = Windows(windowing.split(content), tokens=len(content))
+            full = windowing.count(len(content))
+            if full > len(windows):
+                windows.truncated_from = full
+                logging.getLogger(__name__).warning(
+                    "text %d has %d tokens, %d windows: over the limit of %d windows per text, so only its first "
+                    "%d windows (about %d tokens) are classified; raise --max-windows-per-text to read it all.",
+                    number + 1, len(content), full, len(windows), len(windows),
+                    windowing.content_length + (len(windows) - 1) * (windowing.content_length - windowing.stride),
+                )
+            encoded.append(windows)
+        return encoded
 
     def pad(self, sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
         """(input_ids, attention_mask) for token-id sequences, padded as this model's tokenizer pads."""
@@ -251,6 +306,8 @@ class Classifier:
         probabilities = np.zeros((len(encoded), len(self.class_names)), dtype=np.float32)
         if not len(encoded):
             return probabilities
+        if any(isinstance(entry, Windows) for entry in encoded):
+            return self._predict_windows(encoded, batch_size)
         lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
         # Longest first: the slowest batch runs while memory is fresh, and padding is minimal.
         order = np.argsort(-lengths, kind="stable")
@@ -260,6 +317,22 @@ class Classifier:
             logits = self.backend.logits(input_ids, attention_mask)
             probabilities[indices] = _sigmoid(logits) if self.multi_label else _softmax(logits)
         return probabilities
+
+    def _predict_windows(self, encoded: Sequence[Any], batch_size: int) -> np.ndarray:
+        """Every window of every text in length-sorted forward passes, then one row per text (inference/windows.py)."""
+        rows: list[Sequence[int]] = []
+        documents: list[int] = []
+        for number, entry in enumerate(encoded):
+            windows = entry if isinstance(entry, Windows) else [entry]
+            rows.extend(windows)
+            documents.extend([number] * len(windows))
+        lengths = np.fromiter((len(ids) for ids in rows), dtype=np.int64, count=len(rows))
+        order = np.argsort(-lengths, kind="stable")
+        window_logits = np.zeros((len(rows), len(self.class_names)), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            indices = order[start : start + batch_size]
+            window_logits[indices] = self.backend.logits(*self.pad([rows[index] for index in indices]))
+        return aggregate_windows(window_logits, documents, len(encoded), self.aggregation, multi_label=self.multi_label)
 
     def predict(
         self, texts: Sequence[str], top_k: int = 1, batch_size: int = DEFAULT_BATCH_SIZE
@@ -301,6 +374,35 @@ class Classifier:
                 ]
             results.append(prediction)
         return results
+
+
+def _long_texts_settings(
+    model_config: Any, tokenizer: Any, max_length: int, long_texts: str | None, chunk_aggregation: str | None,
+    max_windows: int, path: Path,
+) -> tuple[Windowing | None, str]:
+    """(Windowing or None for truncation, aggregation): the flags given, else what training saved in config.json."""
+    saved_mode = getattr(model_config, "long_texts", None) or "truncate"
+    saved_aggregation = getattr(model_config, "chunk_aggregation", None) or DEFAULT_AGGREGATION
+    for field, value, choices in (("long_texts", saved_mode, LONG_TEXT_MODES), ("chunk_aggregation", saved_aggregation, AGGREGATIONS)):
+        if value not in choices:
+            raise ConfigError(
+                f"--model: {path}/config.json has {field} '{value}', not one of {', '.join(choices)}; fix the file or "
+                f"pass --{field.replace('_', '-')}."
+            )
+    mode = long_texts if long_texts is not None else saved_mode
+    aggregation = chunk_aggregation if chunk_aggregation is not None else saved_aggregation
+    if mode not in LONG_TEXT_MODES:
+        raise ConfigError(f"--long-texts: '{mode}' is not one of {', '.join(LONG_TEXT_MODES)}.")
+    if aggregation not in AGGREGATIONS:
+        raise ConfigError(f"--chunk-aggregation: '{aggregation}' is not one of {', '.join(AGGREGATIONS)}.")
+    if isinstance(max_windows, bool) or not isinstance(max_windows, int) or max_windows < 1:
+        raise ConfigError(f"--max-windows-per-text {max_windows}: must be a whole number of at least 1.")
+    if mode != "chunk":
+        return None, aggregation
+    stride = getattr(model_config, "chunk_stride", None)
+    if not isinstance(stride, int) or isinstance(stride, bool) or not 0 <= stride <= max_length // 2:
+        stride = None  # not saved (a model trained with truncation), or too wide for this --max-seq-len: the default
+    return Windowing.for_tokenizer(tokenizer, max_length, stride, max_windows), aggregation
 
 
 def _load_torch_model(path: Path, device: str) -> Any:

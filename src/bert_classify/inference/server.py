@@ -162,6 +162,8 @@ def create_app(classifier: Classifier, config: ServerConfig | None = None) -> An
                     "request_timeout_s": config.request_timeout_s,
                     "header_timeout_s": config.header_timeout_s,
                     "max_seq_len": classifier.max_length,
+                    "long_texts": "truncate" if classifier.windowing is None else "chunk",
+                    "max_windows_per_text": None if classifier.windowing is None else classifier.windowing.max_windows,
                     "runtime": classifier.runtime,
                     "device": classifier.device,
                     "precision": classifier.precision,

@@ -174,11 +174,19 @@ class Trainer:
             else None
         )
         rank = self.context.rank
+        self.windowing = long_texts_windowing(config, self.tokenizer)
         tokens = token_cache.load_or_build(
             self._read_data, self.tokenizer, config.max_seq_len, cache_root=cache_root,
             key_inputs=self._data_key_inputs() if cache_root is not None else None,
             log=lambda message: print(f"rank {rank}: {message}" if self.context.enabled else message, flush=True),
+            windowing=self.windowing,
         )
+        if self.windowing is not None:
+            self.log(
+                f"--long-texts chunk: {tokens.train.num_documents} training texts in {len(tokens.train)} windows, "
+                f"{tokens.val.num_documents} validation texts in {len(tokens.val)} windows (windows of "
+                f"{config.max_seq_len} tokens sharing {self.windowing.stride}; validation by {config.chunk_aggregation})"
+            )
         self.class_names = tokens.class_names
         self.multi_label = tokens.multi_label
         if self.multi_label:
@@ -309,6 +317,7 @@ class Trainer:
             val_data=self.data_digests["val"],
             **class_weights_fingerprint(config),
             **({"multi_label": True} if self.multi_label else {}),
+            **long_texts_fingerprint(config, self.windowing),
         )
         self.checkpointer = Checkpointer(
             Path(config.checkpoint_dir) if config.checkpoint_dir else None,
@@ -358,6 +367,8 @@ class Trainer:
 
         if self.multi_label:
             return self._evaluate_multilabel()
+        if self.val_ids.documents is not None:
+            return self._evaluate_documents()
         self.model.eval()
         classes = len(self.class_names)
         confusion = torch.zeros(classes * classes + 1, dtype=torch.float64, device=self.context.device)
@@ -425,6 +436,42 @@ class Trainer:
         thresholds = tune_thresholds(grid_counts)
         metrics["label_thresholds"] = {name: float(value) for name, value in zip(self.class_names, thresholds)}
         metrics["tuned_thresholds"] = f1_at_thresholds(grid_counts, thresholds)  # optimistic: tuned on these examples
+        self.model.train()
+        return metrics
+
+    def _evaluate_documents(self) -> dict[str, Any]:
+        """Validation with --long-texts chunk: each rank runs the windows of its share of the documents, combines
+        them per document (inference/windows.py, as predict and serve do) and counts documents, not windows."""
+        from bert_classify.evaluation import metrics_from_confusion
+        from bert_classify.inference.windows import aggregate_windows
+
+        self.model.eval()
+        classes = len(self.class_names)
+        documents = np.asarray(self.val_ids.documents)
+        mine = np.flatnonzero(documents % self.context.world_size == self.context.rank)
+        order = mine[np.argsort(self.val_ids.lengths[mine], kind="stable")]
+        window_logits = np.zeros((len(documents), classes), dtype=np.float32)
+        eval_batch = self.config.batch_size * 2
+        for start in range(0, len(order), eval_batch):
+            indices = order[start : start + eval_batch]
+            input_ids, attention_mask, _ = self._collate(self.val_ids, self.val_labels, indices)
+            with self.autocast():
+                logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+            window_logits[indices] = logits.cpu().numpy()
+        confusion = np.zeros(classes * classes + 1, dtype=np.float64)
+        if len(mine):
+            present, first, inverse = np.unique(documents[mine], return_index=True, return_inverse=True)
+            probabilities = aggregate_windows(
+                window_logits[mine], inverse, len(present), self.config.chunk_aggregation
+            ).astype(np.float64)
+            labels = np.asarray(self.val_labels)[mine[first]]
+            confusion[-1] = -np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, None)).sum()
+            confusion[:-1] = np.bincount(labels * classes + probabilities.argmax(axis=1), minlength=classes * classes)
+        totals = torch.from_numpy(confusion).to(self.context.device)
+        all_reduce_sum(self.context, totals)
+        matrix = totals[:-1].reshape(classes, classes).cpu().numpy().astype(np.int64)
+        metrics = metrics_from_confusion(matrix, self.class_names)
+        metrics["loss"] = float(totals[-1].item() / max(1, matrix.sum()))
         self.model.train()
         return metrics
 
@@ -671,6 +718,7 @@ class Trainer:
             if self.multi_label:  # the best weights' thresholds, tuned on validation: inference applies them
                 thresholds = (self.state.best_metrics or {}).get("label_thresholds") or {}
                 self.model.config.label_thresholds = {name: float(thresholds.get(name, 0.5)) for name in self.class_names}
+            save_long_texts_settings(self.model.config, self.config, self.windowing)
             self.model.save_pretrained(output_dir, safe_serialization=True)
             # The truncation length travels with the model (tokenizer_config.json model_max_length): our
             # predict/serve/evaluate/handler and a plain transformers pipeline apply what training used.
@@ -784,6 +832,32 @@ class _Progress:
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def long_texts_windowing(config: TrainConfig, tokenizer: Any) -> Any:
+    """The Windowing of --long-texts chunk (inference/windows.py), None for truncation. Training keeps every
+    window of a text (no max_windows cap: the data is the user's own); ConfigError for an impossible stride."""
+    if config.long_texts != "chunk":
+        return None
+    from bert_classify.inference.windows import Windowing
+
+    return Windowing.for_tokenizer(tokenizer, config.max_seq_len, config.chunk_stride)
+
+
+def long_texts_fingerprint(config: TrainConfig, windowing: Any) -> dict[str, Any]:
+    """Mode, resolved stride and aggregation for the resume fingerprint; absent for truncation (older checkpoints match)."""
+    if windowing is None:
+        return {}
+    return {"long_texts": config.long_texts, "chunk_stride": windowing.stride, "chunk_aggregation": config.chunk_aggregation}
+
+
+def save_long_texts_settings(model_config: Any, config: TrainConfig, windowing: Any) -> None:
+    """How training handled long texts, as extra attributes of the model's config.json (`long_texts`,
+    `chunk_stride`, `chunk_aggregation`): Classifier.from_pretrained applies them by default."""
+    model_config.long_texts = config.long_texts
+    if windowing is not None:
+        model_config.chunk_stride = windowing.stride
+        model_config.chunk_aggregation = config.chunk_aggregation
 
 
 def class_weights_fingerprint(config: TrainConfig) -> dict[str, Any]:
