@@ -400,6 +400,8 @@ def _write_entry_in_child(
     reader, writer = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns into the caller's code
+        global _POOL_LOST_IN_FORK
+        _POOL_LOST_IN_FORK = _POOL_STARTED  # this process ran the tokenizer's pool: its threads are not here
         status = 0
         report: dict[str, Any] = {}
         # what the child prints (warnings about the data) is handed to the parent, which prints it as its own
