@@ -136,3 +136,66 @@ def test_requirements_are_already_met_by_the_hugging_face_image(served_model: Pa
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Would install" not in result.stdout
+
+
+def _package(trained: Path, work: Path) -> Path:
+    archive = work / "model.tar.gz"
+    assert main(["package", "--model", str(trained), "--output", str(archive)]) == 0
+    return extract_archive(archive, work / "opt-ml-model")
+
+
+@pytest.fixture(scope="module")
+def multi_label_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A multi-label model (list labels: problem_type and label_thresholds in config.json), packaged and unpacked."""
+    from test_multilabel import make_documents, write_jsonl
+
+    work = tmp_path_factory.mktemp("toolkits-multilabel")
+    train, val = write_jsonl(work / "train.jsonl", make_documents(48, 1)), write_jsonl(work / "val.jsonl", make_documents(16, 2))
+    assert main([
+        "train", "--train", str(train), "--val", str(val), "--model", str(tiny_model_dir),
+        "--output-dir", str(work / "trained"), "--max-steps", "3", "--batch-size", "8", "--max-seq-len", "32",
+    ]) == 0  # fmt: skip
+    return _package(work / "trained", work)
+
+
+@pytest.fixture(scope="module")
+def chunked_model(tiny_data_dir: Path, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A --long-texts chunk model (long_texts, chunk_stride, chunk_aggregation in config.json), packaged and unpacked."""
+    work = tmp_path_factory.mktemp("toolkits-chunk")
+    assert main([
+        "train", "--train", str(tiny_data_dir / "train.csv"), "--val", str(tiny_data_dir / "val.csv"),
+        "--classes", str(tiny_data_dir / "classes.txt"), "--model", str(tiny_model_dir),
+        "--output-dir", str(work / "trained"), "--max-steps", "2", "--batch-size", "8", "--max-seq-len", "16",
+        "--long-texts", "chunk", "--precision", "fp32",
+    ]) == 0  # fmt: skip
+    return _package(work / "trained", work)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("toolkit", ["huggingface", "pytorch"])
+def test_multi_label_and_chunked_models_serve_on_both_images_as_they_predict_here(
+    toolkit: str, multi_label_model: Path, chunked_model: Path
+) -> None:
+    """The settings saved in config.json by transformers 5 are read by the archive's handler under each image's
+    own transformers (4.49 in the Hugging Face one): thresholds and the {labels, scores} shape, and windows."""
+    toolkit_python(toolkit)
+    request = [{"body": json.dumps({"inputs": TEXTS}), "content_type": "application/json", "accept": "application/json"}]
+    expected = Classifier.from_pretrained(multi_label_model).predict(TEXTS)
+    assert all(set(item) >= {"labels", "scores"} for item in expected)
+    _, (reply,) = serve(toolkit, multi_label_model, request)
+    assert reply["status"] == 200, reply
+    answer = json.loads(reply["body"])
+    assert [item["labels"] for item in answer] == [item["labels"] for item in expected]
+    for got, want in zip(answer, expected):
+        assert got["scores"] == pytest.approx(want["scores"], abs=1e-4)
+
+    long_texts = [" ".join([text] * 12) for text in TEXTS]  # many windows of 16 tokens each
+    classifier = Classifier.from_pretrained(chunked_model, precision="fp32")
+    assert len(classifier.encode(long_texts[:1])[0]) > 1  # really chunked
+    expected = classifier.predict(long_texts)
+    request[0]["body"] = json.dumps({"inputs": long_texts})
+    _, (reply,) = serve(toolkit, chunked_model, request)
+    assert reply["status"] == 200, reply
+    answer = json.loads(reply["body"])
+    assert [item["label"] for item in answer] == [item["label"] for item in expected]
+    assert [item["score"] for item in answer] == pytest.approx([item["score"] for item in expected], abs=1e-3)
