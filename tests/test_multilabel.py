@@ -436,3 +436,20 @@ def test_multi_label_with_chunked_long_texts_is_refused_in_one_line(tmp_path: Pa
 
     with pytest.raises(ConfigError, match="--long-texts chunk does not support multi-label data yet"):
         TrainConfig(train=str(tmp_path / "t.jsonl"), multi_label=True, long_texts="chunk").validate()
+
+
+def test_the_onnx_runtime_applies_sigmoid_and_the_saved_thresholds(trained: tuple[Path, str], tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    import shutil
+
+    from bert_classify.cli import main as cli_main
+    from bert_classify.inference.predictor import Classifier
+
+    model = shutil.copytree(trained[0], tmp_path / "model")
+    assert cli_main(["export-onnx", "--model", str(model)]) == 0
+    texts = [text for text, _ in make_documents(12, 5)]
+    with_torch = Classifier.from_pretrained(model, precision="fp32").predict(texts)
+    with_onnx = Classifier.from_pretrained(model, runtime="onnx").predict(texts)
+    assert [item["labels"] for item in with_onnx] == [item["labels"] for item in with_torch]
+    for onnx_item, torch_item in zip(with_onnx, with_torch):
+        assert onnx_item["scores"] == pytest.approx(torch_item["scores"], abs=1e-4)
