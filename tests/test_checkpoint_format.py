@@ -12,7 +12,7 @@ from bert_classify.training import checkpoint as ckpt
 
 def _write(directory: Path, step: int, keep: int = 2) -> Path:
     files = {
-        ckpt.MODEL_FILE: ckpt.tensors_to_bytes({"weight": torch.full((3,), float(step))}),
+        ckpt.MODEL_FILE: ckpt.streamed_tensors({"weight": torch.full((3,), float(step))}),
         ckpt.STATE_FILE: b'{"step": %d}' % step,
     }
     return ckpt.write_checkpoint(directory, step, files, keep=keep)
@@ -59,7 +59,7 @@ def test_no_checkpoint_at_all(tmp_path: Path) -> None:
 
 def _write_with_best(directory: Path, step: int, best: bytes | ckpt.Reuse, keep: int = 5) -> Path:
     files = {
-        ckpt.MODEL_FILE: ckpt.tensors_to_bytes({"weight": torch.full((3,), float(step))}),
+        ckpt.MODEL_FILE: ckpt.streamed_tensors({"weight": torch.full((3,), float(step))}),
         ckpt.BEST_MODEL_FILE: best,
         ckpt.STATE_FILE: b'{"step": %d}' % step,
     }
@@ -71,7 +71,7 @@ def _no_fallback() -> bytes:
 
 
 def test_unchanged_best_weights_are_linked_not_written_again(tmp_path: Path) -> None:
-    best = ckpt.tensors_to_bytes({"weight": torch.arange(1000.0)})
+    best = ckpt.streamed_tensors({"weight": torch.arange(1000.0)})
     first = _write_with_best(tmp_path, 1, best)
     second = _write_with_best(tmp_path, 2, ckpt.Reuse(first / ckpt.BEST_MODEL_FILE, fallback=_no_fallback), keep=1)  # prunes the first
     assert not first.exists()
@@ -83,7 +83,7 @@ def test_unchanged_best_weights_are_linked_not_written_again(tmp_path: Path) -> 
 
 
 def test_reuse_copies_where_hard_links_fail(tmp_path: Path, monkeypatch) -> None:
-    first = _write_with_best(tmp_path, 1, ckpt.tensors_to_bytes({"weight": torch.ones(10)}))
+    first = _write_with_best(tmp_path, 1, ckpt.streamed_tensors({"weight": torch.ones(10)}))
 
     def no_links(source, target):
         raise OSError("hard links not supported")
@@ -98,7 +98,7 @@ def test_reuse_copies_where_hard_links_fail(tmp_path: Path, monkeypatch) -> None
 
 
 def test_reuse_of_a_vanished_source_writes_the_fallback_bytes(tmp_path: Path) -> None:
-    best = ckpt.tensors_to_bytes({"weight": torch.full((4,), 2.0)})
+    best = ckpt.streamed_tensors({"weight": torch.full((4,), 2.0)})
     first = _write_with_best(tmp_path, 1, best)
     source = first / ckpt.BEST_MODEL_FILE
     source.unlink()  # e.g. removed by hand between two checkpoints

@@ -137,8 +137,8 @@ class Reuse:
 class Streamed:
     """A file written by `write(handle)` straight to disk, hashed as it goes: no copy of it in memory.
 
-    Serialising a checkpoint into `bytes` first held a second copy of the model and optimizer state
-    (+0.6 GiB for MiniLM on CPU, docs/benchmarks.md); streamed, a write adds almost nothing.
+    Serialising a checkpoint into `bytes` first held one more copy of the model and optimizer state for the
+    duration of the write; streamed, a write adds one tensor's worth at most.
     """
 
     write: Callable[[IO[bytes]], None]
@@ -209,12 +209,6 @@ def write_safetensors(tensors: dict[str, torch.Tensor], handle: IO[bytes]) -> No
         if tensor.numel():
             flat = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)  # a view unless copied to CPU
             handle.write(memoryview(flat.numpy()))
-
-
-def tensors_to_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
-    buffer = io.BytesIO()
-    write_safetensors(tensors, buffer)
-    return buffer.getvalue()
 
 
 def state_dict_to_bytes(state: Any) -> bytes:
