@@ -86,3 +86,22 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
     return path
+
+
+def read_rows(path: Path, count: int | None = None, skip: int = 0) -> list[tuple[int, str]]:
+    """(1-based label, text) rows of a headerless `label,text` CSV (the shared DBpedia files), rows skip..skip+count."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = [(int(label), text) for label, text in csv.reader(handle)]
+    rows = rows[skip:]
+    return rows if count is None else rows[:count]
+
+
+def write_rows(path: Path, rows: list[tuple[int, str]]) -> Path:
+    """Write (label, text) rows as the shared files are written: headerless, every field quoted."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle, quoting=csv.QUOTE_ALL).writerows(rows)
+    return path

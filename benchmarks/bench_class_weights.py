@@ -12,7 +12,6 @@ that the load of a shared machine falls on both alike.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import random
@@ -24,24 +23,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED, write_result  # noqa: E402
+from _common import SHARED, read_rows, write_result, write_rows  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DATA_DIR = SHARED / "data" / "dbpedia-10k"
 MODEL_DIR = SHARED / "models" / "minilm-l6-h384-uncased"
-
-
-def read_rows(path: Path) -> list[tuple[int, str]]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return [(int(label), text) for label, text in csv.reader(handle)]
-
-
-def write_rows(path: Path, rows: list[tuple[int, str]]) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        csv.writer(handle, quoting=csv.QUOTE_ALL).writerows(rows)
-    return path
 
 
 def cut_classes(rows: list[tuple[int, str]], labels: list[int], fraction: float, seed: int) -> list[tuple[int, str]]:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED, write_result  # noqa: E402
+from _common import SHARED, read_rows, write_result  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -39,11 +39,6 @@ PEER_NAME = "transformers.pipeline (fp32, default)"
 PEER_BF16_NAME = "transformers.pipeline (bf16 autocast)"
 DATA_DIR = SHARED / "data" / "dbpedia-10k"
 MODEL_DIR = SHARED / "models" / "minilm-l6-h384-uncased"
-
-
-def read_rows(path: Path, count: int) -> list[tuple[int, str]]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return [(int(label), text) for label, text in csv.reader(handle)][:count]
 
 
 def class_names() -> list[str]:

@@ -21,7 +21,6 @@ model, then predicting --cost-documents test documents with each trained model),
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import random
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED, write_result  # noqa: E402
+from _common import SHARED, read_rows, write_result, write_rows  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -69,17 +68,6 @@ BOILERPLATE = [
     "Use of this site is governed by the laws of the jurisdiction stated in the terms.",
     "Strictly necessary cookies are required for the website to function and cannot be switched off.",
 ]
-
-
-def read_rows(path: Path) -> list[tuple[int, str]]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return [(int(label), text) for label, text in csv.reader(handle)]
-
-
-def write_rows(path: Path, rows: list[tuple[int, str]]) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        csv.writer(handle, quoting=csv.QUOTE_ALL).writerows(rows)
-    return path
 
 
 def build_documents(rows: list[tuple[int, str]], tokenizer: Any, low: int, high: int, seed: int) -> tuple[list[tuple[int, str]], dict[str, float]]:

@@ -14,7 +14,6 @@ figures differ only by the thresholds).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import random
@@ -25,18 +24,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED, write_result  # noqa: E402
+from _common import SHARED, read_rows, write_result  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DATA_DIR = SHARED / "data" / "dbpedia-10k"
 MODEL_DIR = SHARED / "models" / "minilm-l6-h384-uncased"
-
-
-def read_rows(path: Path) -> list[tuple[int, str]]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return [(int(label), text) for label, text in csv.reader(handle)]
 
 
 def make_documents(

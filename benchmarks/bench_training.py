@@ -10,7 +10,6 @@ learning rate, in one process, alternating (ours, peer, ours, peer) so that mach
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
 import json
 import os
@@ -24,27 +23,13 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, SHARED, machine_info, write_result  # noqa: E402
+from _common import RESULTS_DIR, SHARED, machine_info, read_rows, write_result, write_rows  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DATA_DIR = SHARED / "data" / "dbpedia-10k"
 MODEL_DIR = SHARED / "models" / "minilm-l6-h384-uncased"
-
-
-def read_rows(path: Path, count: int | None, skip: int = 0) -> list[tuple[int, str]]:
-    """(1-based label, text) rows of a headerless `label,text` CSV, rows skip..skip+count."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = [(int(label), text) for label, text in csv.reader(handle)]
-    rows = rows[skip:]
-    return rows if count is None else rows[:count]
-
-
-def write_rows(path: Path, rows: list[tuple[int, str]]) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        csv.writer(handle, quoting=csv.QUOTE_ALL).writerows(rows)
-    return path
 
 
 # ------------------------------------------------------------------------------------------- ours
